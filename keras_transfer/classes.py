@@ -1,0 +1,77 @@
+"""Class names and class lookup for any image classifier.
+
+A class can be given by index (`281`, `"281"`) or by name (`"tabby"`,
+`"tabby cat"`, `"Abyssinian"`); names are matched ignoring case, spaces,
+underscores and hyphens. An unknown name is an error that suggests close
+matches.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Sequence
+
+from keras_transfer import imagenet
+from keras_transfer.models import load_class_names
+
+# Common names people use for ImageNet classes whose label is terser.
+_IMAGENET_ALIASES = {"tabby cat": "tabby"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+def resolve_class(cls: int | str, class_names: Sequence[str]) -> int:
+    """Returns the index of `cls` (an index or a name) in `class_names`.
+
+    Raises:
+        ValueError: for an index out of range or an unknown name; the message
+            lists close matches.
+    """
+    n = len(class_names)
+    if isinstance(cls, bool):
+        raise TypeError(f"Expected a class index or name. Received: cls={cls!r}")
+    if isinstance(cls, int) or (isinstance(cls, str) and cls.strip().lstrip("-").isdigit()):
+        index = int(cls)
+        if not 0 <= index < n:
+            raise ValueError(f"Class index out of range: expected 0 <= index < {n}. Received: {cls!r}")
+        return index
+    if not isinstance(cls, str):
+        raise TypeError(f"Expected a class index or name. Received: cls={cls!r}")
+    wanted = _norm(cls)
+    normalized = [_norm(name) for name in class_names]
+    if wanted in normalized:
+        return normalized.index(wanted)
+    alias = _IMAGENET_ALIASES.get(wanted)
+    if alias is not None and alias in normalized:
+        return normalized.index(alias)
+    close = difflib.get_close_matches(wanted, normalized, n=5, cutoff=0.6)
+    # Also offer names that contain the word asked for ("cat" -> "tiger cat").
+    contains = [name for name in normalized if wanted in name and name not in close][: 5 - len(close)]
+    suggestions = [class_names[normalized.index(name)] for name in close + contains]
+    hint = f" Did you mean: {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+    raise ValueError(f"Unknown class {cls!r} among the model's {n} classes.{hint}")
+
+
+def class_names_for_model(model_path: str | os.PathLike | None, num_classes: int) -> list[str]:
+    """Class names of a classifier.
+
+    For a saved model, `classes.json` beside it (written by every training
+    run); for a 1000-class model without one, the ImageNet names; otherwise
+    the indices as strings.
+    """
+    if model_path is not None:
+        path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(model_path))), "classes.json")
+        if os.path.isfile(path):
+            names = load_class_names(path)
+            if len(names) != num_classes:
+                raise ValueError(
+                    f"{path} lists {len(names)} classes but the model has {num_classes} outputs."
+                )
+            return names
+    if num_classes == 1000:
+        return imagenet.class_names()
+    return [str(i) for i in range(num_classes)]
