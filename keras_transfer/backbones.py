@@ -111,9 +111,9 @@ BACKBONES: dict[str, BackboneSpec] = dict(
         _spec("densenet169", "DenseNet169", "densenet", "torch", 224),
         _spec("densenet201", "DenseNet201", "densenet", "torch", 224),
         *[
-            _spec(f"convnext_{v}", f"ConvNeXt{v.capitalize()}", "convnext", "identity", 224,
+            _spec(f"convnext_{v.lower()}", f"ConvNeXt{v}", "convnext", "identity", 224,
                   rescales_internally=True)
-            for v in ("tiny", "small", "base", "large", "xlarge")
+            for v in ("Tiny", "Small", "Base", "Large", "XLarge")
         ],
         _spec("nasnet_mobile", "NASNetMobile", "nasnet", "tf", 224),
         _spec("nasnet_large", "NASNetLarge", "nasnet", "tf", 331),

@@ -294,7 +294,7 @@ def as_logits_model(model: keras.Model) -> keras.Model:
     if is_softmax_layer:
         pre = last.input
         outputs = keras.layers.Identity(dtype="float32", name="logits_from_softmax_input")(pre)
-        return keras.Model(model.inputs, outputs, name=f"{model.name}_logits")
+        return keras.Model(_single_input(model), outputs, name=f"{model.name}_logits")
     if isinstance(last, keras.layers.Dense) and _is_softmax(activation):
         # Re-apply the Dense kernel without its activation, on the same input.
         x = last.input
@@ -306,7 +306,7 @@ def as_logits_model(model: keras.Model) -> keras.Model:
             ),
             name="logits_from_dense",
         )(x)
-        return keras.Model(model.inputs, logits, name=f"{model.name}_logits")
+        return keras.Model(_single_input(model), logits, name=f"{model.name}_logits")
     return model
 
 
@@ -315,3 +315,7 @@ def _is_softmax(activation) -> bool:
         return False
     name = getattr(activation, "__name__", "") or str(activation)
     return "softmax" in name.lower()
+
+
+def _single_input(model: keras.Model):
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs

@@ -65,3 +65,47 @@ def _seed_and_clear():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def calibrate_batchnorm(backbone, images) -> None:
+    """Sets every BatchNormalization's moving statistics to those of `images`.
+
+    A randomly initialised backbone run in inference mode (as every
+    keras_transfer classifier runs it) has moving mean 0 and variance 1, so its
+    activations shrink layer after layer until the features are ~1e-8. One
+    training-mode pass with momentum 0 gives it the statistics of real inputs:
+    a stand-in for pretrained weights in the mechanics tests.
+    """
+    import keras
+
+    bns = [l for l in backbone._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    backbone(images, training=True)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_weights(tmp_path_factory) -> str:
+    """No-top weights of MobileNet alpha=0.25 with calibrated BatchNorm.
+
+    Pass as `weights=` with `backbone="mobilenet", alpha=0.25` at any image
+    size from 32 px: convolution weights do not depend on the input size.
+    The calibration images are 32 px noise plus colour blobs (preprocessed to
+    [-1, 1], as MobileNet expects).
+    """
+    import keras
+
+    import keras_transfer as kt
+
+    rng = np.random.default_rng(0)
+    backbone = kt.build_backbone("mobilenet", alpha=0.25, image_size=32, weights=None)
+    x = rng.uniform(0, 255, size=(64, 32, 32, 3)).astype("float32")
+    x[::2] = x[::2] * 0.3 + rng.uniform(0, 180, size=(32, 1, 1, 3))
+    calibrate_batchnorm(backbone, x / 127.5 - 1.0)
+    path = str(tmp_path_factory.mktemp("tiny_weights") / "mobilenet_0.25_calibrated_no_top.weights.h5")
+    backbone.save_weights(path)
+    keras.backend.clear_session()
+    return path

@@ -1,0 +1,1 @@
+"""Matplotlib figures of results; every function returns a `matplotlib.figure.Figure`."""

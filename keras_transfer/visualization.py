@@ -1,0 +1,681 @@
+"""Class visualization: the image a classifier finds most typical of a class.
+
+Gradient ascent on the input image of a frozen classifier reveals what the
+network has learned a class looks like (an "ideal tabby cat"). Raw gradient
+ascent yields high-frequency noise that the network happens to like; three
+things make the result an image:
+
+- a penalty on total variation (and optionally an image norm);
+- random transforms (jitter, scale, rotation) applied before the network
+  sees the image, so only features that survive small moves are rewarded;
+- a parameterization in which natural images are easy to reach: Fourier
+  coefficients scaled by 1/frequency with decorrelated colour (the approach
+  of Lucid, Olah et al. 2017), instead of raw pixels.
+
+The three concerns live in three places: what is optimized (`PixelImage`,
+`FourierImage`), how it is made robust (`random_affine`), and the loop
+(`visualize_classes`): a small `tf.function` step inside a plain Python loop
+that keeps the progress bar, TensorBoard and callbacks out of the graph.
+
+Works on any Keras classifier that takes RGB pixels in [0, 255] and outputs
+one score vector per image, like every model of this package::
+
+    model = kt.build_imagenet_classifier("mobilenet", alpha=0.25)
+    result = visualize_classes(model, ["tabby", "zebra"], config=VisualizationConfig(seed=0))
+    result.uint8_images  # (2, 224, 224, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_transfer import classes as classes_lib
+from keras_transfer import models as models_lib
+
+PARAMETERIZATIONS = ("pixel", "fourier")
+OBJECTIVES = ("logit", "log_prob")
+
+# Adam step sizes that work with the penalties' default weights; the two
+# parameterizations have different units, so they need different rates.
+DEFAULT_LEARNING_RATES = {"pixel": 0.02, "fourier": 0.05}
+
+# Square root of the colour correlation of ImageNet photos (Lucid's published
+# `color_correlation_svd_sqrt`). Optimizing in this decorrelated colour space
+# keeps all three channels' statistics alike, which avoids saturated blotches.
+_COLOR_CORRELATION_SVD_SQRT = np.array(
+    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32
+)
+_COLOR_CORRELATION = _COLOR_CORRELATION_SVD_SQRT / np.max(np.linalg.norm(_COLOR_CORRELATION_SVD_SQRT, axis=0))
+
+Callback = Callable[[int, Mapping[str, np.ndarray]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualizationConfig:
+    """Hyper-parameters of a class visualization.
+
+    Attributes:
+        steps: number of gradient steps in total (split evenly over the
+            octaves). Defaults to `256`.
+        learning_rate: Adam learning rate. Defaults to `None`: 0.02 for
+            `"pixel"`, 0.05 for `"fourier"`.
+        objective: what is maximized for each image's target class:
+            `"log_prob"` (log-softmax; gains nothing once the class is
+            certain, so the penalties then clean the image) or `"logit"`
+            (the raw score, Simonyan et al. 2014). Defaults to `"log_prob"`.
+        parameterization: `"fourier"` (1/f-scaled spectrum with decorrelated
+            colour, squashed into range by a sigmoid) or `"pixel"` (raw
+            pixels clipped to range after every step). Defaults to
+            `"fourier"`.
+        tv_weight: weight of the total variation, the mean absolute
+            difference between neighbouring pixels on a [0, 1] scale. It is
+            a mean, so one weight works at every image size. Defaults to
+            `0.5`.
+        l1_weight: weight of the mean absolute distance of the pixels from
+            mid-grey (on a [0, 1] scale). Defaults to `0.0`.
+        l2_weight: weight of the mean squared distance of the pixels from
+            mid-grey (on a [0, 1] scale). Defaults to `0.0`.
+        jitter: maximum random shift in model-input pixels, applied anew at
+            every step. 0 disables it. Defaults to `8`.
+        scale: maximum random zoom in or out, as a fraction (0.1 means 0.9
+            to 1.1). 0 disables it. Defaults to `0.1`.
+        rotation: maximum random rotation in degrees. 0 disables it.
+            Defaults to `5.0`.
+        octaves: optimize first at a coarse size, then at sizes growing by
+            `octave_scale` up to `image_size` (multi-scale). 1 disables it.
+            Defaults to `1`.
+        octave_scale: size ratio between consecutive octaves. Defaults to
+            `1.4`.
+        image_size: side of the optimized image; the model sees it resampled
+            to its input size. Defaults to `None`, the model's input size.
+        init_std: standard deviation of the random start around mid-grey
+            (pixel scale [0, 1] for `"pixel"`, spectrum units for
+            `"fourier"`). Defaults to `0.01`.
+        decorrelate: optimize colour in the decorrelated ImageNet colour
+            space (`"fourier"` only). Defaults to `True`.
+        jit_compile: compile the step with XLA. On CPU it is often slower;
+            measure. Defaults to `False`.
+        seed: seed of the start image and of the random transforms; equal
+            seeds give equal results. Defaults to `None` (a fresh seed).
+    """
+
+    steps: int = 256
+    learning_rate: float | None = None
+    objective: str = "log_prob"
+    parameterization: str = "fourier"
+    tv_weight: float = 0.5
+    l1_weight: float = 0.0
+    l2_weight: float = 0.0
+    jitter: int = 8
+    scale: float = 0.1
+    rotation: float = 5.0
+    octaves: int = 1
+    octave_scale: float = 1.4
+    image_size: int | None = None
+    init_std: float = 0.01
+    decorrelate: bool = True
+    jit_compile: bool = False
+    seed: int | None = None
+
+    def __post_init__(self):
+        def check(ok: bool, name: str, valid: str):
+            if not ok:
+                raise ValueError(f"Expected {name} {valid}. Received: {name}={getattr(self, name)!r}")
+
+        def is_int(value) -> bool:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+        def is_real(value) -> bool:
+            return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+
+        check(is_int(self.steps) and self.steps >= 1, "steps", "to be an int >= 1")
+        lr = self.learning_rate
+        check(lr is None or (is_real(lr) and lr > 0), "learning_rate", "to be None or a finite number > 0")
+        check(self.objective in OBJECTIVES, "objective", f"in {OBJECTIVES}")
+        check(self.parameterization in PARAMETERIZATIONS, "parameterization", f"in {PARAMETERIZATIONS}")
+        for name in ("tv_weight", "l1_weight", "l2_weight", "init_std"):
+            check(is_real(getattr(self, name)) and getattr(self, name) >= 0, name, "to be a finite number >= 0")
+        check(is_int(self.jitter) and self.jitter >= 0, "jitter", "to be an int >= 0")
+        check(is_real(self.scale) and 0 <= self.scale < 1, "scale", "in [0, 1)")
+        check(is_real(self.rotation) and 0 <= self.rotation <= 180, "rotation", "in [0, 180] degrees")
+        check(is_int(self.octaves) and 1 <= self.octaves <= self.steps, "octaves", "to be an int in [1, steps]")
+        check(is_real(self.octave_scale) and self.octave_scale > 1, "octave_scale", "to be a number > 1")
+        check(
+            self.image_size is None or (is_int(self.image_size) and self.image_size >= 8),
+            "image_size",
+            "to be None or an int >= 8",
+        )
+        check(self.seed is None or (is_int(self.seed) and self.seed >= 0), "seed", "to be None or an int >= 0")
+
+    @property
+    def effective_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return float(self.learning_rate)
+        return DEFAULT_LEARNING_RATES[self.parameterization]
+
+
+# --------------------------------------------------------------------------
+# What is optimized: parameterizations of a batch of RGB images in [0, 1].
+# --------------------------------------------------------------------------
+
+
+class PixelImage:
+    """Raw pixels on a [0, 1] scale, projected back into range after each step.
+
+    Args:
+        size: side of the square image.
+    """
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    def initial(self, batch: int, *, std: float, rng: np.random.Generator) -> np.ndarray:
+        """Mid-grey plus Gaussian noise of standard deviation `std`."""
+        noise = rng.normal(0.0, std, size=(batch, self.size, self.size, 3))
+        return np.clip(0.5 + noise, 0.0, 1.0).astype(np.float32)
+
+    def from_images(self, images: np.ndarray) -> np.ndarray:
+        """Parameters that render exactly `images` (in [0, 1])."""
+        return np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+
+    def render(self, params: tf.Tensor) -> tf.Tensor:
+        return params
+
+    def project(self, params: tf.Tensor) -> tf.Tensor:
+        return tf.clip_by_value(params, 0.0, 1.0)
+
+
+class FourierImage:
+    """A 1/f-scaled spectrum in decorrelated colour, squashed by a sigmoid.
+
+    Natural images have a spectrum falling roughly as 1/frequency. Scaling
+    the optimized Fourier coefficients that way makes a gradient step move
+    all frequencies about equally in image space, instead of favouring the
+    high frequencies that raw-pixel gradients are full of.
+
+    Args:
+        size: side of the square image.
+        decay_power: exponent of the 1/frequency scaling. Defaults to `1.0`.
+        decorrelate: map the three channels through the ImageNet colour
+            correlation before the sigmoid. Defaults to `True`.
+    """
+
+    # Brings the unit-variance spectrum of a random start to a modest
+    # pre-sigmoid range, as in Lucid.
+    _SPATIAL_SCALE = 4.0
+
+    def __init__(self, size: int, *, decay_power: float = 1.0, decorrelate: bool = True):
+        self.size = int(size)
+        self.decorrelate = decorrelate
+        fy = np.fft.fftfreq(self.size)[:, None]
+        fx = np.fft.rfftfreq(self.size)[None, :]
+        freqs = np.sqrt(fx * fx + fy * fy)
+        scale = 1.0 / np.maximum(freqs, 1.0 / self.size) ** decay_power
+        # sqrt(h * w) makes TF's 1/(h * w)-normalized inverse FFT orthonormal.
+        self._scale = (scale * self.size).astype(np.float32)
+        self._color = _COLOR_CORRELATION if decorrelate else np.eye(3, dtype=np.float32)
+
+    @property
+    def spectrum_shape(self) -> tuple[int, int, int]:
+        return 3, self.size, self.size // 2 + 1
+
+    def initial(self, batch: int, *, std: float, rng: np.random.Generator) -> np.ndarray:
+        """A random spectrum (real and imaginary parts of standard deviation `std`)."""
+        return rng.normal(0.0, std, size=(batch, *self.spectrum_shape, 2)).astype(np.float32)
+
+    def from_images(self, images: np.ndarray) -> np.ndarray:
+        """Parameters that render `images` (in [0, 1]; exact up to clipping at 0 and 1)."""
+        images = np.clip(np.asarray(images, np.float64), 1e-4, 1.0 - 1e-4)
+        pre_sigmoid = np.log(images) - np.log1p(-images)
+        decorrelated = pre_sigmoid @ np.linalg.inv(self._color.T.astype(np.float64))
+        channels_first = np.transpose(decorrelated * self._SPATIAL_SCALE, (0, 3, 1, 2))
+        spectrum = np.fft.rfft2(channels_first) / self._scale
+        return np.stack([spectrum.real, spectrum.imag], axis=-1).astype(np.float32)
+
+    def render(self, params: tf.Tensor) -> tf.Tensor:
+        spectrum = tf.complex(params[..., 0], params[..., 1]) * tf.cast(self._scale, tf.complex64)
+        channels_first = tf.signal.irfft2d(spectrum, fft_length=[self.size, self.size])
+        x = tf.transpose(channels_first, (0, 2, 3, 1)) / self._SPATIAL_SCALE
+        x = tf.einsum("bhwc,dc->bhwd", x, tf.constant(self._color))
+        return tf.sigmoid(x)
+
+    def project(self, params: tf.Tensor) -> tf.Tensor:
+        return params
+
+
+def make_parameterization(name: str, size: int, *, decorrelate: bool = True) -> PixelImage | FourierImage:
+    """The parameterization called `name` (`"pixel"` or `"fourier"`) of a `size`-pixel image."""
+    if name == "pixel":
+        return PixelImage(size)
+    if name == "fourier":
+        return FourierImage(size, decorrelate=decorrelate)
+    raise ValueError(f"Unknown parameterization. Expected one of {PARAMETERIZATIONS}. Received: {name!r}")
+
+
+# --------------------------------------------------------------------------
+# How it is made robust: random affine resampling, in TF ops.
+# --------------------------------------------------------------------------
+
+
+def affine_resample(
+    images: tf.Tensor,
+    *,
+    output_size: int,
+    angle: tf.Tensor,
+    zoom: tf.Tensor,
+    shift: tf.Tensor,
+) -> tf.Tensor:
+    """Rotates, zooms and shifts each image and resamples it to `output_size`.
+
+    Bilinear interpolation with mirrored borders, written with gathers so its
+    gradient is the exact adjoint of the resampling (TF's gradient of
+    `ImageProjectiveTransformV3` is only an approximation) and XLA can
+    compile it.
+
+    Args:
+        images: `(batch, height, width, channels)` float images.
+        output_size: side of the square output.
+        angle: `(batch,)` rotation in radians.
+        zoom: `(batch,)` magnification; > 1 shows a smaller central part.
+        shift: `(batch, 2)` translation (x, y) in output pixels.
+
+    Returns:
+        `(batch, output_size, output_size, channels)` images.
+    """
+    images = tf.convert_to_tensor(images)
+    batch = tf.shape(images)[0]
+    in_h, in_w, channels = images.shape[1], images.shape[2], images.shape[3]
+    # Output pixel centres in normalized coordinates [-1, 1].
+    grid = (2.0 * tf.range(output_size, dtype=tf.float32) + 1.0) / output_size - 1.0
+    gy, gx = tf.meshgrid(grid, grid, indexing="ij")
+    cos = tf.cos(angle)[:, None, None] / zoom[:, None, None]
+    sin = tf.sin(angle)[:, None, None] / zoom[:, None, None]
+    tx = (2.0 * shift[:, 0] / output_size)[:, None, None]
+    ty = (2.0 * shift[:, 1] / output_size)[:, None, None]
+    qx = cos * gx - sin * gy + tx
+    qy = sin * gx + cos * gy + ty
+    # Normalized -> input pixel coordinates (pixel centres at integers).
+    x = ((qx + 1.0) * in_w - 1.0) / 2.0
+    y = ((qy + 1.0) * in_h - 1.0) / 2.0
+    x = tf.stop_gradient(_mirror(x, in_w))
+    y = tf.stop_gradient(_mirror(y, in_h))
+    x0 = tf.floor(x)
+    y0 = tf.floor(y)
+    wx = (x - x0)[..., None]
+    wy = (y - y0)[..., None]
+    x0i = tf.clip_by_value(tf.cast(x0, tf.int32), 0, in_w - 1)
+    y0i = tf.clip_by_value(tf.cast(y0, tf.int32), 0, in_h - 1)
+    x1i = tf.minimum(x0i + 1, in_w - 1)
+    y1i = tf.minimum(y0i + 1, in_h - 1)
+    flat = tf.reshape(images, (batch, in_h * in_w, channels))
+
+    def gather(yi, xi):
+        index = tf.reshape(yi * in_w + xi, (batch, output_size * output_size))
+        return tf.reshape(tf.gather(flat, index, batch_dims=1), (batch, output_size, output_size, channels))
+
+    top = gather(y0i, x0i) * (1.0 - wx) + gather(y0i, x1i) * wx
+    bottom = gather(y1i, x0i) * (1.0 - wx) + gather(y1i, x1i) * wx
+    return top * (1.0 - wy) + bottom * wy
+
+
+def _mirror(coord: tf.Tensor, size: int) -> tf.Tensor:
+    """Reflects pixel coordinates into [-0.5, size - 0.5] (mirror at the border)."""
+    period = 2.0 * size
+    c = tf.math.floormod(coord + 0.5, period)
+    c = tf.where(c >= size, period - c, c)
+    return c - 0.5
+
+
+def random_affine(
+    images: tf.Tensor,
+    *,
+    output_size: int,
+    seed: tf.Tensor,
+    jitter: int = 0,
+    scale: float = 0.0,
+    rotation: float = 0.0,
+) -> tf.Tensor:
+    """Applies a random shift, zoom and rotation to each image (stateless RNG).
+
+    Args:
+        images: `(batch, height, width, channels)` float images.
+        output_size: side of the square output (the model's input size).
+        seed: int32 tensor of shape `(2,)`; equal seeds give equal transforms.
+        jitter: maximum shift in output pixels (rounded to whole pixels).
+            Defaults to `0`.
+        scale: maximum zoom in or out as a fraction. Defaults to `0.0`.
+        rotation: maximum rotation in degrees. Defaults to `0.0`.
+    """
+    images = tf.convert_to_tensor(images)
+    if not (jitter or scale or rotation) and images.shape[1] == output_size and images.shape[2] == output_size:
+        return images
+    batch = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    shift = tf.round(tf.random.stateless_uniform((batch, 2), seeds[0], -jitter - 0.5, jitter + 0.5))
+    zoom = tf.random.stateless_uniform((batch,), seeds[1], 1.0 - scale, 1.0 + scale)
+    angle = tf.random.stateless_uniform((batch,), seeds[2], -rotation, rotation) * (math.pi / 180.0)
+    return affine_resample(images, output_size=output_size, angle=angle, zoom=zoom, shift=shift)
+
+
+# --------------------------------------------------------------------------
+# Objectives and penalties: per-image values, maximized / minimized.
+# --------------------------------------------------------------------------
+
+
+def class_score(logits: tf.Tensor, targets: tf.Tensor, *, objective: str = "log_prob") -> tf.Tensor:
+    """Each image's score for its own target class, `(batch,)`.
+
+    Args:
+        logits: `(batch, num_classes)` class logits.
+        targets: `(batch,)` int class indices.
+        objective: `"logit"` or `"log_prob"`. Defaults to `"log_prob"`.
+    """
+    if objective == "logit":
+        scores = logits
+    elif objective == "log_prob":
+        scores = tf.nn.log_softmax(logits, axis=-1)
+    else:
+        raise ValueError(f"Unknown objective. Expected one of {OBJECTIVES}. Received: objective={objective!r}")
+    return tf.gather(scores, targets, axis=1, batch_dims=1)
+
+
+def total_variation(images) -> tf.Tensor:
+    """Mean absolute difference between neighbouring pixels, per image.
+
+    A mean rather than `tf.image.total_variation`'s sum, so the value (and a
+    penalty weight) does not grow with the image size. On images in [0, 1]
+    it is 0 for a flat image and about 0.67 for uniform noise.
+
+    Args:
+        images: `(batch, height, width, channels)` images.
+
+    Returns:
+        `(batch,)` float32 values.
+    """
+    images = tf.cast(images, tf.float32)
+    dy = tf.reduce_mean(tf.abs(images[:, 1:] - images[:, :-1]), axis=(1, 2, 3))
+    dx = tf.reduce_mean(tf.abs(images[:, :, 1:] - images[:, :, :-1]), axis=(1, 2, 3))
+    return dx + dy
+
+
+def image_norm(images, *, p: int) -> tf.Tensor:
+    """Mean |pixel - 0.5|^p of images in [0, 1], per image (`p` is 1 or 2)."""
+    if p not in (1, 2):
+        raise ValueError(f"Expected p in (1, 2). Received: p={p!r}")
+    centred = tf.abs(tf.cast(images, tf.float32) - 0.5)
+    return tf.reduce_mean(centred if p == 1 else tf.square(centred), axis=(1, 2, 3))
+
+
+# --------------------------------------------------------------------------
+# The loop.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class VisualizationResult:
+    """What `visualize_classes` returns.
+
+    Attributes:
+        images: `(batch, size, size, 3)` float32 pixels in [0, 255].
+        targets: target class index of each image.
+        class_names: target class name of each image.
+        history: per-step values, each `(steps, batch)`: `"loss"`,
+            `"objective"` (the maximized score), `"penalty"` (weighted sum),
+            `"tv"`, `"l1"`, `"l2"` (unweighted penalties) and
+            `"probability"` (softmax of the target on the transformed image
+            the model saw at that step).
+        config: the configuration used, with the seed actually used.
+        seconds: wall time of the optimization steps (without the first,
+            compiling step of each octave).
+    """
+
+    images: np.ndarray
+    targets: list[int]
+    class_names: list[str]
+    history: dict[str, np.ndarray]
+    config: VisualizationConfig
+    seconds: float = 0.0
+
+    @property
+    def uint8_images(self) -> np.ndarray:
+        """The images rounded to uint8, as they would be saved."""
+        return np.clip(np.round(self.images), 0, 255).astype(np.uint8)
+
+    @property
+    def steps_per_second(self) -> float:
+        timed = self.history["loss"].shape[0] - self.config.octaves
+        return timed / self.seconds if self.seconds > 0 and timed > 0 else float("nan")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or its gradient became NaN or infinite during optimization."""
+
+
+def _as_classifier(model: keras.Model) -> tuple[keras.Model, int]:
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected a keras.Model. Received: model of type {type(model).__name__}")
+    logits_model = models_lib.as_logits_model(model)
+    size = models_lib.image_size_of(logits_model)
+    return logits_model, size
+
+
+def resolve_targets(classes: Sequence[int | str] | int | str, class_names: Sequence[str]) -> list[int]:
+    """Class indices of `classes` (indices or names) among `class_names`."""
+    if isinstance(classes, (int, str, np.integer)):
+        classes = [classes]
+    classes = [int(c) if isinstance(c, np.integer) else c for c in classes]
+    if not classes:
+        raise ValueError("Expected at least one class to visualize. Received: classes=[]")
+    return [classes_lib.resolve_class(c, class_names) for c in classes]
+
+
+def visualize_classes(
+    model: keras.Model,
+    classes: Sequence[int | str] | int | str,
+    *,
+    config: VisualizationConfig | None = None,
+    class_names: Sequence[str] | None = None,
+    callbacks: Sequence[Callback] = (),
+    log_dir: str | os.PathLike | None = None,
+    image_every: int = 50,
+    progress: bool = True,
+) -> VisualizationResult:
+    """Optimizes one image per class, each toward its own class, in one batch.
+
+    Args:
+        model: a classifier from RGB pixels in [0, 255] to class scores of
+            shape `(batch, num_classes)`; a final softmax is removed (see
+            `keras_transfer.models.as_logits_model`).
+        classes: class indices or names (one image each). Names are looked
+            up in `class_names`.
+        config: hyper-parameters. Defaults to `VisualizationConfig()`.
+        class_names: names of the model's classes. Defaults to `None`: the
+            ImageNet names for a 1000-class model, else the indices.
+        callbacks: callables `callback(step, logs)` called after every step
+            with the `history` values of that step (numpy arrays of shape
+            `(batch,)`). Defaults to `()`.
+        log_dir: folder for TensorBoard scalars (every step) and images.
+            Defaults to `None` (no logs).
+        image_every: write the images to TensorBoard every this many steps
+            (and after the last). Defaults to `50`.
+        progress: show a progress bar. Defaults to `True`.
+
+    Returns:
+        A `VisualizationResult`.
+
+    Raises:
+        ValueError: for a model without a class-score output or an unknown
+            class (the message suggests close matches).
+        NonFiniteLossError: when the loss or gradient becomes NaN or
+            infinite; no image is returned then.
+    """
+    config = config or VisualizationConfig()
+    if not isinstance(image_every, int) or image_every < 1:
+        raise ValueError(f"Expected image_every to be an int >= 1. Received: image_every={image_every!r}")
+    logits_model, model_size = _as_classifier(model)
+    num_classes = int(logits_model.outputs[0].shape[-1])
+    if class_names is None:
+        class_names = classes_lib.class_names_for_model(None, num_classes)
+    elif len(class_names) != num_classes:
+        raise ValueError(
+            f"The model has {num_classes} classes but {len(class_names)} class names were given."
+        )
+    targets = resolve_targets(classes, class_names)
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+    config = dataclasses.replace(config, seed=seed)
+    rng = np.random.default_rng(seed)
+    size = config.image_size or model_size
+    batch = len(targets)
+
+    sizes = [max(8, round(size / config.octave_scale ** (config.octaves - 1 - k))) for k in range(config.octaves)]
+    steps_per_octave = [config.steps // config.octaves] * config.octaves
+    steps_per_octave[-1] += config.steps - sum(steps_per_octave)
+
+    writer = tf.summary.create_file_writer(os.fspath(log_dir)) if log_dir is not None else None
+    labels = [_tag(class_names[t]) for t in targets]
+    progbar = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "probability"]) if progress else None
+    history: dict[str, list[np.ndarray]] = {}
+    target_tensor = tf.constant(targets, tf.int32)
+    images01: np.ndarray | None = None
+    global_step = 0
+    seconds = 0.0
+
+    for octave, (octave_size, octave_steps) in enumerate(zip(sizes, steps_per_octave)):
+        param = make_parameterization(config.parameterization, octave_size, decorrelate=config.decorrelate)
+        if images01 is None:
+            start = param.initial(batch, std=config.init_std, rng=rng)
+        else:
+            resized = tf.image.resize(images01, (octave_size, octave_size), method="bilinear").numpy()
+            start = param.from_images(resized)
+        variable = tf.Variable(start, trainable=True, name="image_parameters")
+        optimizer = keras.optimizers.Adam(learning_rate=config.effective_learning_rate)
+        optimizer.build([variable])
+        step_fn = _make_step(logits_model, param, variable, optimizer, target_tensor, config, model_size)
+        for i in range(octave_steps):
+            t0 = time.perf_counter()
+            logs = {k: v.numpy() for k, v in step_fn(tf.constant([seed % 2**31, global_step], tf.int32)).items()}
+            if i > 0:
+                seconds += time.perf_counter() - t0
+            grad_finite = bool(logs.pop("gradient_finite"))
+            if not (grad_finite and all(np.all(np.isfinite(v)) for v in logs.values())):
+                bad = {k: v.tolist() for k, v in logs.items() if not np.all(np.isfinite(v))}
+                raise NonFiniteLossError(
+                    f"The loss became NaN or infinite at step {global_step} "
+                    f"(non-finite terms: {bad or 'the gradient'}). Lower the learning rate or check that the "
+                    "model's outputs are finite for inputs in [0, 255]; no image was returned."
+                )
+            for k, v in logs.items():
+                history.setdefault(k, []).append(v)
+            global_step += 1
+            last = global_step == config.steps
+            if writer is not None:
+                with writer.as_default(step=global_step):
+                    for k, v in logs.items():
+                        for label, value in zip(labels, v):
+                            tf.summary.scalar(f"{k}/{label}", float(value))
+                    if global_step % image_every == 0 or last:
+                        rendered = param.render(variable).numpy()
+                        for label, image in zip(labels, rendered):
+                            tf.summary.image(f"image/{label}", image[None])
+            if progbar is not None:
+                means = [(k, float(np.mean(logs[k]))) for k in ("loss", "probability")]
+                progbar.update(global_step, means)
+            for callback in callbacks:
+                callback(global_step - 1, logs)
+        images01 = param.render(variable).numpy()
+    if writer is not None:
+        writer.flush()
+        writer.close()
+    if not np.all(np.isfinite(images01)):
+        raise NonFiniteLossError("The optimized images contain NaN or infinite values; no image was returned.")
+    return VisualizationResult(
+        images=np.clip(images01 * 255.0, 0.0, 255.0).astype(np.float32),
+        targets=targets,
+        class_names=[class_names[t] for t in targets],
+        history={k: np.stack(v) for k, v in history.items()},
+        config=config,
+        seconds=seconds,
+    )
+
+
+def _make_step(
+    model: keras.Model,
+    param: PixelImage | FourierImage,
+    variable: tf.Variable,
+    optimizer: keras.optimizers.Optimizer,
+    targets: tf.Tensor,
+    config: VisualizationConfig,
+    model_size: int,
+) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
+    def step(seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            images = param.render(variable)
+            seen = random_affine(
+                images,
+                output_size=model_size,
+                seed=seed,
+                jitter=config.jitter,
+                scale=config.scale,
+                rotation=config.rotation,
+            )
+            logits = tf.cast(model(seen * 255.0, training=False), tf.float32)
+            objective = class_score(logits, targets, objective=config.objective)
+            tv = total_variation(images)
+            l1 = image_norm(images, p=1)
+            l2 = image_norm(images, p=2)
+            penalty = config.tv_weight * tv + config.l1_weight * l1 + config.l2_weight * l2
+            loss = penalty - objective
+            # Images are independent (the model runs in inference mode), so
+            # the sum gives each image the gradient of its own loss.
+            total = tf.reduce_sum(loss)
+        gradient = tape.gradient(total, variable)
+        gradient_finite = tf.reduce_all(tf.math.is_finite(gradient))
+        optimizer.apply_gradients([(gradient, variable)])
+        if isinstance(param, PixelImage):
+            variable.assign(param.project(variable))
+        probability = tf.gather(tf.nn.softmax(logits, axis=-1), targets, axis=1, batch_dims=1)
+        return {
+            "loss": loss,
+            "objective": objective,
+            "penalty": penalty,
+            "tv": tv,
+            "l1": l1,
+            "l2": l2,
+            "probability": probability,
+            "gradient_finite": gradient_finite,
+        }
+
+    return step
+
+
+def _tag(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def class_probabilities(model: keras.Model, images, *, batch_size: int = 16) -> np.ndarray:
+    """Softmax class probabilities of `images` (pixels in [0, 255], any dtype).
+
+    Images of another size than the model's input are resized bilinearly,
+    the way `visualize_classes` shows them to the model.
+
+    Returns:
+        `(batch, num_classes)` float32 probabilities.
+    """
+    logits_model, size = _as_classifier(model)
+    x = tf.cast(tf.convert_to_tensor(images), tf.float32)
+    if x.shape.rank == 3:
+        x = x[None]
+    if x.shape[1] != size or x.shape[2] != size:
+        x = tf.clip_by_value(tf.image.resize(x, (size, size), method="bilinear"), 0.0, 255.0)
+    logits = logits_model.predict(x, batch_size=batch_size, verbose=0)
+    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1).numpy()

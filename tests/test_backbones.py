@@ -1,0 +1,113 @@
+"""The backbone registry and the in-model preprocessing."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import keras_transfer as kt
+from keras_transfer import _downloads
+from keras_transfer.backbones import BACKBONES, get_backbone_spec
+from keras_transfer.layers import ImagePreprocessing
+from conftest import requires_shared
+
+ALL = sorted(BACKBONES)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_in_model_preprocessing_equals_keras_preprocess_input(name, rng):
+    spec = get_backbone_spec(name)
+    images = rng.uniform(0, 255, size=(2, 9, 7, 3)).astype("float32")
+    expected = spec.preprocess_input(images.copy())
+    got = keras.ops.convert_to_numpy(ImagePreprocessing(spec.preprocessing)(images))
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-6, atol=1e-4)
+
+
+def test_every_registered_backbone_builds_and_rescales_exactly_once():
+    """All families build; the ones whose preprocess_input is a pass-through rescale inside."""
+    for name in ALL:
+        spec = BACKBONES[name]
+        size = max(spec.min_size, 32)
+        model = kt.build_backbone(name, image_size=size, weights=None)
+        assert model.input_shape == (None, size, size, 3), name
+        assert len(model.output_shape) == 4 and model.output_shape[-1] > 0, name
+        scalers = (keras.layers.Rescaling, keras.layers.Normalization)
+        has_rescaling = any(isinstance(layer, scalers) for layer in model.layers[:4])
+        # Exactly once: either our layer rescales (and the backbone doesn't) or the backbone does.
+        assert has_rescaling == (spec.preprocessing == "identity"), name
+        assert spec.rescales_internally == (spec.preprocessing == "identity"), name
+        del model
+        keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("alias", ["MobileNetV2", "mobilenetv2", "mobilenet-v2", "MOBILENET_V2"])
+def test_names_are_matched_loosely(alias):
+    assert get_backbone_spec(alias).name == "mobilenet_v2"
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError) as info:
+        get_backbone_spec("resnet51")
+    message = str(info.value)
+    assert "resnet51" in message and "resnet50" in message and "convnext_tiny" in message
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"name": "vgg16", "alpha": 0.5}, "alpha=0.5"),
+        ({"name": "mobilenet", "alpha": -1.0}, "alpha=-1.0"),
+        ({"name": "xception", "image_size": 32}, "image_size=32"),
+        ({"name": "mobilenet", "weights": "/no/such/file.h5"}, "/no/such/file.h5"),
+    ],
+)
+def test_bad_arguments_are_named_in_the_error(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment.replace(".", r"\.")):
+        kt.build_backbone(**kwargs)
+
+
+def test_weights_from_a_file_path(tmp_path):
+    source = kt.build_backbone("mobilenet_v3_small", image_size=32, weights=None)
+    path = str(tmp_path / "backbone.weights.h5")
+    source.save_weights(path)
+    keras.utils.set_random_seed(1)
+    loaded = kt.build_backbone("mobilenet_v3_small", image_size=32, weights=path)
+    for a, b in zip(source.weights, loaded.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_missing_imagenet_weights_fail_fast_offline(monkeypatch, tmp_path):
+    """No cached file and no network: a clear error within 10 s, not a long retry."""
+    url = "https://storage.googleapis.com/tensorflow/keras-applications/"
+    if _downloads.probe(url, timeout=3) is None:
+        pytest.skip("the network is reachable here; the offline path cannot be exercised")
+    from keras.src.backend import config
+
+    monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    start = time.monotonic()
+    with pytest.raises(kt.WeightsUnavailableError) as info:
+        kt.build_backbone("vgg16", weights="imagenet")
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert "KERAS_HOME" in message and "--weights" in message
+
+
+@requires_shared
+def test_real_mobilenet_v2_weights_load_offline(keras_home):
+    """The ordinary call finds the real weights in the temporary KERAS_HOME."""
+    from conftest import SHARED_MODELS
+
+    model = kt.build_backbone("mobilenet_v2", weights="imagenet")
+    from_file = kt.build_backbone(
+        "mobilenet_v2",
+        weights=f"{SHARED_MODELS}/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+    )
+    random = kt.build_backbone("mobilenet_v2", weights=None)
+    first = model.get_layer("Conv1").kernel.numpy()
+    np.testing.assert_array_equal(first, from_file.get_layer("Conv1").kernel.numpy())
+    assert not np.allclose(first, random.get_layer("Conv1").kernel.numpy())

@@ -1,0 +1,178 @@
+"""The classifier builder, freezing, serialization and logits handling."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_transfer as kt
+from keras_transfer import classes, imagenet, models
+from conftest import requires_shared
+
+TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": None, "image_size": 32}
+
+
+def tiny_classifier(**kwargs) -> keras.Model:
+    return kt.build_classifier(**{**TINY, "num_classes": 3, **kwargs})
+
+
+def images(rng, n=4, size=32):
+    return rng.uniform(0, 255, size=(n, size, size, 3)).astype("float32")
+
+
+def test_classifier_layout_and_frozen_backbone():
+    model = tiny_classifier(augmentation=True)
+    names = [layer.name for layer in model.layers]
+    assert names == ["image", "augmentation", "preprocessing", "backbone", "pooling", "dropout", "logits"]
+    assert model.output_shape == (None, 3)
+    assert not models.get_backbone(model).trainable
+    assert [w.name for w in model.trainable_weights] == ["kernel", "bias"]
+
+
+def test_keras_round_trip_predicts_identically(tmp_path, rng):
+    model = tiny_classifier(augmentation=True)
+    x = images(rng)
+    # Make the head non-trivial so equal predictions mean something.
+    model.get_layer("logits").set_weights([rng.normal(size=(256, 3)).astype("float32"), np.arange(3.0)])
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = kt.load_model(path)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+    assert not models.get_backbone(loaded).trainable
+
+
+def test_load_model_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.keras"):
+        kt.load_model(tmp_path / "nothing.keras")
+    other = tmp_path / "model.h5"
+    other.write_bytes(b"x")
+    with pytest.raises(ValueError, match="model.h5"):
+        kt.load_model(other)
+
+
+def test_backbone_stays_in_inference_mode_while_fine_tuning(rng, tiny_backbone_weights):
+    """BatchNorm moving statistics do not move, even with every layer trainable."""
+    model = tiny_classifier(dropout=0.0, weights=tiny_backbone_weights)
+    kt.unfreeze_backbone(model, train_batchnorm=True)
+    x = images(rng, n=16)
+    np.testing.assert_allclose(model(x, training=True), model(x, training=False), rtol=1e-5, atol=1e-5)
+    bn = [l for l in models.get_backbone(model).layers if isinstance(l, keras.layers.BatchNormalization)]
+    before = [v.numpy().copy() for layer in bn for v in (layer.moving_mean, layer.moving_variance)]
+    gamma_before = bn[0].gamma.numpy().copy()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, rng.integers(0, 3, size=16), epochs=2, batch_size=8, verbose=0)
+    after = [v.numpy() for layer in bn for v in (layer.moving_mean, layer.moving_variance)]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(gamma_before, bn[0].gamma.numpy())  # it did train
+
+
+def test_unfreeze_top_n_and_from_layer():
+    model = tiny_classifier()
+    backbone = models.get_backbone(model)
+    n = kt.unfreeze_backbone(model, from_layer="conv_pw_13")
+    trainable = [l.name for l in backbone.layers if l.trainable and l.weights]
+    assert trainable == ["conv_pw_13"] and n == 1
+    n = kt.unfreeze_backbone(model, top_n=6, train_batchnorm=True)
+    assert [l.name for l in backbone.layers if l.trainable and l.weights] == [
+        "conv_dw_13", "conv_dw_13_bn", "conv_pw_13", "conv_pw_13_bn"
+    ] and n == 4
+    kt.freeze_backbone(model)
+    assert not backbone.trainable_weights
+    with pytest.raises(ValueError, match="conv_pw_14.*conv_pw_1"):
+        kt.unfreeze_backbone(model, from_layer="conv_pw_14")
+    with pytest.raises(ValueError, match="top_n=-1"):
+        kt.unfreeze_backbone(model, top_n=-1)
+
+
+def test_head_and_feature_extractor_share_the_classifier_layers(rng):
+    model = tiny_classifier()
+    head, features = models.head(model), models.feature_extractor(model)
+    x = images(rng)
+    head.get_layer("logits").set_weights([np.ones((256, 3), "float32"), np.zeros(3, "float32")])
+    np.testing.assert_allclose(model.predict(x, verbose=0), head.predict(features.predict(x, verbose=0), verbose=0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_logits_are_float32_under_mixed_precision(rng):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = tiny_classifier()
+        assert models.get_backbone(model).layers[2].compute_dtype == "bfloat16"
+        out = model(images(rng))
+        assert out.dtype == tf.float32
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"num_classes": 1}, "num_classes=1"),
+    ({"pooling": "mean"}, "pooling='mean'"),
+    ({"dropout": 1.5}, "dropout=1.5"),
+])
+def test_bad_classifier_arguments(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        kt.build_classifier(**{**TINY, "num_classes": 3, **kwargs})
+
+
+def test_as_logits_model_strips_a_final_softmax(rng):
+    x = images(rng, size=8)
+    inputs = keras.Input((8, 8, 3))
+    pre = keras.layers.Dense(5)(keras.layers.Flatten()(inputs))
+    logits_model = keras.Model(inputs, pre)
+    for probs in (keras.layers.Softmax()(pre), keras.layers.Activation("softmax")(pre)):
+        softmax_model = keras.Model(inputs, probs)
+        np.testing.assert_allclose(models.as_logits_model(softmax_model)(x), logits_model(x), rtol=1e-5)
+    dense_softmax = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(keras.layers.Flatten()(inputs)))
+    stripped = models.as_logits_model(dense_softmax)
+    np.testing.assert_allclose(tf.nn.softmax(stripped(x)), dense_softmax(x), rtol=1e-5, atol=1e-6)
+    assert np.abs(stripped(x).numpy().sum(axis=1) - 1).max() > 1e-3  # not probabilities any more
+    assert models.as_logits_model(logits_model) is logits_model
+
+
+def test_as_logits_model_rejects_a_model_without_class_scores():
+    inputs = keras.Input((8, 8, 3))
+    with pytest.raises(ValueError, match=r"\(batch, num_classes\)"):
+        models.as_logits_model(keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs)))
+
+
+def test_resolve_class_by_index_name_and_close_matches():
+    names = imagenet.class_names()
+    assert classes.resolve_class(281, names) == 281
+    assert classes.resolve_class("281", names) == 281
+    assert classes.resolve_class("tabby cat", names) == 281
+    assert classes.resolve_class("Egyptian cat", names) == classes.resolve_class("egyptian_cat", names) == 285
+    with pytest.raises(ValueError, match="tabby") as info:
+        classes.resolve_class("tabbby", names)
+    assert "'tabbby'" in str(info.value)
+    with pytest.raises(ValueError, match="0 <= index < 1000"):
+        classes.resolve_class(1000, names)
+
+
+def test_class_names_for_a_saved_model(tmp_path):
+    models.save_class_names(["cat", "dog"], tmp_path / "classes.json")
+    assert classes.class_names_for_model(tmp_path / "model.keras", 2) == ["cat", "dog"]
+    with pytest.raises(ValueError, match="2 classes but the model has 3"):
+        classes.class_names_for_model(tmp_path / "model.keras", 3)
+    assert classes.class_names_for_model(None, 1000)[281] == "tabby"
+
+
+@requires_shared
+def test_real_mobilenet_imagenet_classifier_sees_cats_and_dogs(shared_data):
+    """Real MobileNet 0.25 with its ImageNet top: cat photos -> cat classes, dog photos -> dog classes."""
+    model = kt.build_imagenet_classifier("mobilenet", alpha=0.25)
+    def load(path):
+        return tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(path), channels=3), (224, 224)).numpy()
+    cats = np.stack([load(os.path.join(shared_data, "cats_vs_dogs/train/cats", f"cat.{i}.jpg")) for i in range(1, 21)])
+    dogs = np.stack([load(os.path.join(shared_data, "cats_vs_dogs/train/dogs", f"dog.{i}.jpg")) for i in range(1, 21)])
+    cat_pred = model.predict(cats, verbose=0).argmax(1)
+    dog_pred = model.predict(dogs, verbose=0).argmax(1)
+    # ImageNet: 281-293 are cats (domestic and wild), 151-268 dogs.
+    assert np.mean((cat_pred >= 281) & (cat_pred <= 293)) >= 0.6
+    assert np.mean((dog_pred >= 151) & (dog_pred <= 268)) >= 0.6
