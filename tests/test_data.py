@@ -1,0 +1,484 @@
+"""keras_transfer.data: decoding by content, skip counts, splits, sources."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from keras_transfer import data
+from keras_transfer._downloads import DatasetUnavailableError
+
+RED = (230, 20, 20)
+BLUE = (20, 20, 230)
+GRAY = 200
+
+
+def solid(color, size=(48, 64)) -> np.ndarray:
+    return np.broadcast_to(np.array(color, np.uint8), (*size, 3)).copy()
+
+
+def save(image: np.ndarray, path, fmt=None, mode=None) -> str:
+    pil = Image.fromarray(image)
+    if mode:
+        pil = pil.convert(mode)
+    pil.save(path, format=fmt, quality=95) if fmt in (None, "JPEG") else pil.save(path, format=fmt)
+    return str(path)
+
+
+def write_valid(folder, color) -> list[str]:
+    """Eight decodable files of one colour in every supported encoding."""
+    os.makedirs(folder, exist_ok=True)
+    img = solid(color)
+    rgba = np.dstack([img, np.full(img.shape[:2], 90, np.uint8)])
+    return [
+        save(img, folder / "a.jpg"),
+        save(img, folder / "b.png"),
+        save(img, folder / "c.bmp"),
+        save(img, folder / "d.gif"),
+        save(img, folder / "gif_named.jpg", fmt="GIF"),
+        save(img, folder / "png_named.jpg", fmt="PNG"),
+        save(rgba, folder / "rgba.png"),
+        save(img, folder / "cmyk.jpg", fmt="JPEG", mode="CMYK"),
+    ]
+
+
+def write_broken(folder) -> list[str]:
+    """Three undecodable files: zero bytes, truncated JPEG, text named .jpg."""
+    (folder / "zero.jpg").write_bytes(b"")
+    good = (folder / "a.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "text.jpg").write_text("not an image at all")
+    return ["zero.jpg", "truncated.jpg", "text.jpg"]
+
+
+def write_gray(folder, n=3) -> None:
+    os.makedirs(folder, exist_ok=True)
+    for k in range(n):
+        Image.fromarray(np.full((40, 50), GRAY, np.uint8), mode="L").save(folder / f"g{k}.{'jpg' if k % 2 else 'png'}")
+
+
+def as_arrays(ds) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for x, y in ds.batch(256):
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+@pytest.fixture
+def zoo(tmp_path):
+    """A class-per-folder tree with every encoding, broken files and extras."""
+    root = tmp_path / "zoo"
+    write_valid(root / "red", RED)
+    write_valid(root / "blue", BLUE)
+    write_gray(root / "gray")
+    broken = write_broken(root / "red")
+    (root / "red" / "notes.txt").write_text("ignored: not an image extension")
+    (root / "blue" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "README.md").write_text("ignored: beside the class folders")
+    return root, [f"red/{name}" for name in broken]
+
+
+# ---------------------------------------------------------------------------
+# Decoding and resizing.
+
+
+def test_decode_image_by_content_to_rgb(tmp_path):
+    for path in write_valid(tmp_path, RED):
+        image = data.decode_image(tf.io.read_file(path)).numpy()
+        assert image.dtype == np.uint8 and image.shape == (48, 64, 3), path
+        np.testing.assert_allclose(image.reshape(-1, 3).mean(0), RED, atol=4, err_msg=path)
+    write_gray(tmp_path / "g", n=2)
+    for name in ("g0.png", "g1.jpg"):
+        image = data.decode_image(tf.io.read_file(str(tmp_path / "g" / name))).numpy()
+        assert image.shape == (40, 50, 3)
+        np.testing.assert_allclose(image.reshape(-1, 3).mean(0), [GRAY] * 3, atol=2)
+
+
+def test_load_image_files_skips_undecodable(tmp_path):
+    valid = write_valid(tmp_path, BLUE)
+    broken = [str(tmp_path / name) for name in write_broken(tmp_path)]
+    missing = str(tmp_path / "missing.jpg")
+    paths = [broken[0], *valid[:4], broken[1], *valid[4:], broken[2], missing]
+    images, kept, skipped = data.load_image_files(paths, image_size=32)
+    assert kept == valid
+    assert skipped == [broken[0], broken[1], broken[2], missing]
+    assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8
+    np.testing.assert_allclose(images.reshape(8, -1, 3).mean(1), np.tile(BLUE, (8, 1)), atol=4)
+
+
+def test_resize_modes_keep_or_ignore_aspect_ratio():
+    # 40 x 80: left half red, right half blue.
+    image = np.concatenate([solid(RED, (40, 40)), solid(BLUE, (40, 40))], axis=1)
+    stretch = data.resize_image(image, image_size=20, resize="stretch").numpy()
+    crop = data.resize_image(image, image_size=20, resize="crop").numpy()
+    pad = data.resize_image(image, image_size=20, resize="pad").numpy()
+    for out in (stretch, crop, pad):
+        assert out.shape == (20, 20, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(stretch[:, 0], np.tile(RED, (20, 1)))
+    np.testing.assert_array_equal(stretch[:, -1], np.tile(BLUE, (20, 1)))
+    # The central square of the crop is half red, half blue.
+    np.testing.assert_array_equal(crop[:, :9], np.broadcast_to(RED, (20, 9, 3)))
+    np.testing.assert_array_equal(crop[:, 11:], np.broadcast_to(BLUE, (20, 9, 3)))
+    # The padded image is 20 x 10 in the middle, black above and below.
+    assert (pad[:5] == 0).all() and (pad[15:] == 0).all()
+    np.testing.assert_array_equal(pad[5:15, :9], np.broadcast_to(RED, (10, 9, 3)))
+    # Enlarging works too.
+    assert data.resize_image(image, image_size=100, resize="crop").shape == (100, 100, 3)
+
+
+def test_reduced_dct_decode_matches_full_decode(tmp_path):
+    # A smooth 1400 x 1000 photo-like JPEG: decoded at 1/8 scale for 64 px,
+    # 1/4 for 100 px (250 >= 1.5 * 100), in full for 400 px.
+    y, x = np.mgrid[0:1000, 0:1400].astype(np.float32)
+    image = np.stack([x / 1400 * 255, y / 1000 * 255, 128 + 100 * np.sin(x / 90) * np.cos(y / 70)], -1)
+    path = save(image.astype(np.uint8), tmp_path / "big.jpg")
+    contents = tf.io.read_file(path)
+    assert data._decode_for_size(contents, 64, "stretch").shape == (125, 175, 3)
+    assert data._decode_for_size(contents, 100, "stretch").shape == (250, 350, 3)
+    assert data._decode_for_size(contents, 400, "stretch").shape == (1000, 1400, 3)
+    for size in (64, 100):
+        fast = data._decode_and_resize(contents, size, "stretch").numpy().astype(float)
+        full = data.resize_image(data.decode_image(contents), image_size=size).numpy().astype(float)
+        assert np.abs(fast - full).mean() < 1.0
+
+
+# ---------------------------------------------------------------------------
+# Class-per-folder trees.
+
+
+def test_load_folder_counts_skips_and_colours(zoo):
+    root, broken = zoo
+    loaded = data.load_folder(root, image_size=32, val_split=0.25, seed=3)
+    report = loaded.report
+    assert loaded.class_names == ("blue", "gray", "red")
+    assert report.skipped == 3 and sorted(report.skipped_files) == sorted(broken)
+    # notes.txt and README.md are ignored; .DS_Store is hidden and not counted.
+    assert report.ignored == 2
+    assert report.found == 8 + 3 + 8 + 3 + 2
+    assert report.used == {"train": 14, "val": 5, "test": 0}
+    assert report.found == sum(report.used.values()) + report.skipped + report.ignored
+    assert report.per_class == {
+        "blue": {"train": 6, "val": 2, "test": 0},
+        "gray": {"train": 2, "val": 1, "test": 0},
+        "red": {"train": 6, "val": 2, "test": 0},
+    }
+    assert report.source == f"folder:{root}"
+    assert loaded.test is None and len(loaded.train) == 14 and len(loaded.val) == 5
+    images, labels = as_arrays(loaded.train.concatenate(loaded.val))
+    assert images.dtype == np.uint8 and images.shape == (19, 32, 32, 3)
+    assert labels.dtype == np.int32
+    expected = {0: BLUE, 1: (GRAY,) * 3, 2: RED}
+    for image, label in zip(images, labels):
+        np.testing.assert_allclose(image.reshape(-1, 3).mean(0), expected[int(label)], atol=4)
+    import json
+
+    assert json.loads(json.dumps(report.to_dict()))["skipped_files"] == report.skipped_files
+
+
+def test_folder_with_bad_files_trains(zoo):
+    """The pipeline feeds Keras: a linear model on mean colours learns the classes."""
+    import keras
+
+    root, _ = zoo
+    loaded = data.load_folder(root, image_size=16, val_split=0.25, seed=0)
+    model = keras.Sequential([
+        keras.Input((16, 16, 3)),
+        keras.layers.Rescaling(1 / 255),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3),
+    ])
+    model.compile(keras.optimizers.Adam(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    train = data.batch_dataset(loaded.train, batch_size=4, shuffle=True, seed=0)
+    history = model.fit(train, epochs=30, verbose=0, shuffle=False)
+    assert history.history["loss"][-1] < history.history["loss"][0] / 4
+    assert model.evaluate(data.batch_dataset(loaded.val, batch_size=8), verbose=0)[1] == 1.0
+
+
+def test_load_folder_file_cache_and_no_cache(zoo, tmp_path):
+    root, _ = zoo
+    prefix = str(tmp_path / "cache" / "zoo")
+    first = data.load_folder(root, image_size=24, cache=prefix)
+    assert any(name.startswith("zoo-trainval-24-stretch-") for name in os.listdir(tmp_path / "cache"))
+    second = data.load_folder(root, image_size=24, cache=prefix)  # read back from the files
+    uncached = data.load_folder(root, image_size=24, cache=False)
+    memory = data.load_folder(root, image_size=24)
+    reference = as_arrays(memory.train)
+    for other in (first, second, uncached):
+        assert other.report == memory.report
+        for got, want in zip(as_arrays(other.train), reference):
+            np.testing.assert_array_equal(got, want)
+    # The memory cache serves later epochs in the same fixed order.
+    np.testing.assert_array_equal(as_arrays(memory.train)[0], reference[0])
+
+
+def test_load_folder_argument_errors(tmp_path, zoo):
+    root, _ = zoo
+    with pytest.raises(ValueError, match=r"Received: val_split=1.5"):
+        data.load_folder(root, val_split=1.5)
+    with pytest.raises(ValueError, match=r"Received: resize='zoom'"):
+        data.load_folder(root, resize="zoom")
+    with pytest.raises(ValueError, match=r"Received: seed=-1"):
+        data.load_folder(root, seed=-1)
+    with pytest.raises(ValueError, match=r"Received: cache=''"):
+        data.load_folder(root, cache="")
+    with pytest.raises(ValueError, match=r"Received: image_size=0"):
+        data.load_folder(root, image_size=0)
+    with pytest.raises(ValueError, match=r"does not exist.*one subfolder of images per class.*nowhere"):
+        data.load_folder(tmp_path / "nowhere")
+    flat = tmp_path / "flat"
+    write_valid(flat, RED)
+    with pytest.raises(ValueError, match="Found no class subfolders"):
+        data.load_folder(flat)
+    (tmp_path / "empty_class" / "a").mkdir(parents=True)
+    write_valid(tmp_path / "empty_class" / "b", RED)
+    (tmp_path / "empty_class" / "a" / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"empty_class/a'? contains no image files"):
+        data.load_folder(tmp_path / "empty_class")
+    all_bad = tmp_path / "all_bad"
+    write_valid(all_bad / "good", RED)
+    (all_bad / "bad").mkdir()
+    (all_bad / "bad" / "x.jpg").write_bytes(b"")
+    (all_bad / "bad" / "y.png").write_text("nope")
+    with pytest.raises(ValueError, match=r"no image of class\(es\) \['bad'\] could be decoded"):
+        data.load_folder(all_bad)
+    with pytest.raises(ValueError, match="Received: batch_size=0"):
+        data.batch_dataset(tf.data.Dataset.range(3), batch_size=0)
+
+
+# ---------------------------------------------------------------------------
+# Splitting and batching.
+
+
+def test_stratified_split_is_deterministic_and_fixed():
+    labels = [0] * 5 + [1] * 3 + [2] * 10 + [3]
+    train, val = data.stratified_split(labels, val_split=0.25, seed=0)
+    # Fixed across machines and NumPy versions (raw PCG64 bits).
+    np.testing.assert_array_equal(val, [3, 6, 11, 13, 15])
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(len(labels)))
+    again = data.stratified_split(labels, val_split=0.25, seed=0)
+    np.testing.assert_array_equal(again[1], val)
+    other = data.stratified_split(labels, val_split=0.25, seed=1)
+    assert not np.array_equal(other[1], val)
+    train0, val0 = data.stratified_split(labels, val_split=0.0, seed=0)
+    assert len(val0) == 0 and len(train0) == len(labels)
+    with pytest.raises(ValueError, match="Received: val_split=1.0"):
+        data.stratified_split(labels, val_split=1.0, seed=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 5), min_size=1, max_size=80),
+    st.floats(0.01, 0.95),
+    st.integers(0, 2**32 - 1),
+)
+def test_stratified_split_properties(labels, val_split, seed):
+    labels = np.array(labels)
+    train, val = data.stratified_split(labels, val_split=val_split, seed=seed)
+    assert len(np.intersect1d(train, val)) == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(len(labels)))
+    for cls in np.unique(labels):
+        n, n_val = np.sum(labels == cls), np.sum(labels[val] == cls)
+        if n >= 2:
+            assert 1 <= n_val <= n - 1
+            assert abs(n_val - n * val_split) <= 1
+        else:
+            assert n_val == 0
+
+
+def test_batch_dataset_reshuffles_every_epoch():
+    ds = tf.data.Dataset.range(100).map(lambda i: (tf.fill([2, 2, 3], tf.cast(i, tf.uint8)), tf.cast(i, tf.int32)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(100))
+    batched = data.batch_dataset(ds, batch_size=32, shuffle=True, seed=1)
+    epochs = [np.concatenate([y.numpy() for _, y in batched]) for _ in range(2)]
+    assert [len(b) for b, _ in batched] == [32, 32, 32, 4]
+    assert not np.array_equal(epochs[0], epochs[1])
+    np.testing.assert_array_equal(np.sort(epochs[0]), np.arange(100))
+    same_seed = np.concatenate([y.numpy() for _, y in data.batch_dataset(ds, batch_size=32, shuffle=True, seed=1)])
+    np.testing.assert_array_equal(same_seed, epochs[0])
+    plain = data.batch_dataset(ds, batch_size=32, drop_remainder=True)
+    assert [len(y) for _, y in plain] == [32, 32, 32]
+    np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in plain]), np.arange(96))
+
+
+# ---------------------------------------------------------------------------
+# Oxford-IIIT Pet folders (synthetic).
+
+
+BREEDS = {"Abyssinian": (200, 40, 40), "american_bulldog": (40, 200, 40), "beagle": (40, 40, 200),
+          "Bengal": (200, 200, 40)}
+
+
+def write_oxford(root, n=4) -> None:
+    images = root / "images"
+    images.mkdir(parents=True)
+    for breed, color in BREEDS.items():
+        for k in range(1, n + 1):
+            save(solid(color, (30, 40)), images / f"{breed}_{k}.jpg", fmt="PNG" if k == 2 else None)
+    (images / "Abyssinian_100.mat").write_bytes(b"MATLAB")  # as in the official download
+    (images / "not_a_pet.jpg").write_bytes(b"x")  # no <breed>_<n> name
+
+
+def test_oxford_folder_without_annotations(tmp_path):
+    write_oxford(tmp_path)
+    (tmp_path / "images" / "beagle_9.jpg").write_bytes(b"")  # undecodable
+    loaded = data.load_oxford_pets(tmp_path, image_size=16, val_split=0.25, seed=0)
+    # Official order: case-insensitive alphabetical.
+    assert loaded.class_names == ("Abyssinian", "american_bulldog", "beagle", "Bengal")
+    report = loaded.report
+    assert report.source == f"oxford_folder:{tmp_path}"
+    assert report.used == {"train": 12, "val": 4, "test": 0}
+    assert (report.skipped, report.skipped_files, report.ignored, report.found) == (
+        1, ["images/beagle_9.jpg"], 2, 19)
+    images, labels = as_arrays(loaded.train)
+    colors = list(BREEDS.values())
+    for image, label in zip(images, labels):
+        np.testing.assert_allclose(image.reshape(-1, 3).mean(0), colors[["Abyssinian", "american_bulldog",
+                                   "beagle", "Bengal"].index(loaded.class_names[label])], atol=4)
+    species = data.load_oxford_pets(tmp_path, image_size=16, target="species")
+    assert species.class_names == ("cat", "dog")
+    assert {k: v["train"] + v["val"] for k, v in species.report.per_class.items()} == {"cat": 8, "dog": 8}
+
+
+def test_oxford_folder_with_annotations(tmp_path):
+    write_oxford(tmp_path)
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    ids = {"Abyssinian": (1, 1), "american_bulldog": (2, 2), "beagle": (5, 2), "Bengal": (6, 1)}
+
+    def lines(ks):
+        return "".join(f"{b}_{k} {ids[b][0]} {ids[b][1]} 1\n" for b in BREEDS for k in ks)
+
+    (ann / "trainval.txt").write_text(lines([1, 2, 3]))
+    (ann / "test.txt").write_text(lines([4]).replace("Bengal_4", "Bengal_99"))  # Bengal_99 has no file
+    (ann / "list.txt").write_text("#Image CLASS-ID SPECIES BREED ID\n" + lines([1, 2, 3, 4]))
+    loaded = data.load_oxford_pets(tmp_path, image_size=16, val_split=0.34, seed=0)
+    report = loaded.report
+    assert report.used == {"train": 8, "val": 4, "test": 3}
+    # Ignored: the .mat, not_a_pet.jpg and Bengal_4 (in no split list).
+    assert (report.ignored, report.skipped, report.found) == (3, 0, 18)
+    assert report.per_class["Bengal"] == {"train": 2, "val": 1, "test": 0}
+    assert len(loaded.test) == 3
+    _, test_labels = as_arrays(loaded.test)
+    assert sorted(loaded.class_names[i] for i in test_labels) == ["Abyssinian", "american_bulldog", "beagle"]
+
+
+def test_oxford_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="Found no images/ folder"):
+        data.load_oxford_pets(tmp_path)
+    with pytest.raises(ValueError, match="Received: target='breeds'"):
+        data.load_oxford_pets(tmp_path, target="breeds")
+
+
+# ---------------------------------------------------------------------------
+# tensorflow-datasets sources.
+
+
+def test_tfds_offline_fails_fast_with_instructions(tmp_path):
+    if data.probe(data._TFDS_SOURCES["oxford_iiit_pet"]["url"], timeout=2) is None:
+        pytest.skip("the network is reachable here; the offline path cannot be tested")
+    start = time.perf_counter()
+    with pytest.raises(DatasetUnavailableError) as info:
+        data.load_oxford_pets(None, tfds_data_dir=tmp_path / "tfds")
+    assert time.perf_counter() - start < 10
+    message = str(info.value)
+    assert "--data-dir" in message and "images.tar.gz" in message and "annotations.tar.gz" in message
+    start = time.perf_counter()
+    with pytest.raises(DatasetUnavailableError, match="kagglecatsanddogs"):
+        data.load_cats_vs_dogs(None, tfds_data_dir=tmp_path / "tfds")
+    assert time.perf_counter() - start < 10
+
+
+def _fake_pets_download(root):
+    """The two extracted archives of oxford_iiit_pet, tiny: 2 trainval and 1
+    test image per breed, plus one truncated JPEG."""
+    from tensorflow_datasets.datasets.oxford_iiit_pet import oxford_iiit_pet_dataset_builder as pets
+
+    images = root / "images" / "images"
+    ann = root / "annotations" / "annotations"
+    for folder in (images, ann / "trimaps", ann / "xmls"):
+        folder.mkdir(parents=True)
+    split_lines = {"trainval": [], "test": []}
+    for class_id, breed in enumerate(pets._LABEL_CLASSES, 1):
+        for k in (1, 2, 3):
+            stem = f"{breed}_{k}"
+            save(solid((class_id * 6, 100, 50), (20, 24)), images / f"{stem}.jpg")
+            Image.fromarray(np.ones((20, 24), np.uint8)).save(ann / "trimaps" / f"{stem}.png")
+            species = 1 if breed[0].isupper() else 2
+            split_lines["test" if k == 3 else "trainval"].append(f"{stem} {class_id} {species} 1\n")
+    good = (images / "beagle_1.jpg").read_bytes()
+    (images / "beagle_1.jpg").write_bytes(good[: len(good) // 2])
+    for name, lines in split_lines.items():
+        (ann / f"{name}.txt").write_text("".join(lines))
+    return {"images": str(root / "images"), "annotations": str(root / "annotations")}
+
+
+def test_prepared_tfds_dataset_loads_without_network(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    fake = _fake_pets_download(tmp_path / "download")
+    tfds_dir = tmp_path / "tfds"
+    with mock.patch.object(tfds.download.DownloadManager, "download_and_extract", lambda self, urls: fake):
+        tfds.builder("oxford_iiit_pet", data_dir=str(tfds_dir)).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
+        )
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was touched")
+
+    with mock.patch.object(socket.socket, "connect", no_network), \
+            mock.patch.object(socket, "getaddrinfo", no_network), \
+            mock.patch.object(data, "probe", no_network):
+        loaded = data.load_oxford_pets(None, tfds_data_dir=tfds_dir, image_size=16, val_split=0.5, seed=0)
+    report = loaded.report
+    assert report.source == "tfds:oxford_iiit_pet"
+    assert len(loaded.class_names) == 37 and loaded.class_names[:2] == ("Abyssinian", "american_bulldog")
+    assert (report.found, report.skipped, report.skipped_files) == (111, 1, ["train/beagle_1.jpg"])
+    assert report.used == {"train": 37, "val": 36, "test": 37}
+    assert report.per_class["beagle"] == {"train": 1, "val": 0, "test": 1}
+    images, labels = as_arrays(loaded.test)
+    assert images.shape == (37, 16, 16, 3)
+    # The red channel encodes the class id: labels follow the tfds names.
+    np.testing.assert_allclose(images[..., 0].mean((1, 2)), (labels + 1) * 6, atol=3)
+
+
+# ---------------------------------------------------------------------------
+# Real photos in ../shared/data.
+
+
+def test_real_oxford_pets_folder(shared_data, tmp_path):
+    root = os.path.join(shared_data, "oxford_pets")
+    loaded = data.load_oxford_pets(root, image_size=48, seed=0)
+    report = loaded.report
+    assert len(loaded.class_names) == 37 and loaded.class_names[0] == "Abyssinian"
+    # 694 photos, 692 annotated (all trainval; no test.txt): 2 ignored.
+    assert (report.found, report.ignored, report.skipped) == (694, 2, 0)
+    assert report.used["train"] + report.used["val"] == 692 and report.used["test"] == 0
+    assert all(counts["val"] >= 1 for counts in report.per_class.values())
+    # Without annotations every photo is used, the GIF Abyssinian_34.jpg too.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    os.symlink(os.path.join(root, "images"), bare / "images")
+    bare_loaded = data.load_oxford_pets(bare, image_size=48, val_split=0.0)
+    assert bare_loaded.report.used == {"train": 694, "val": 0, "test": 0}
+    assert bare_loaded.report.skipped == 0 and bare_loaded.class_names == loaded.class_names
+    gif, kept, _ = data.load_image_files([os.path.join(root, "images", "Abyssinian_34.jpg")], image_size=48)
+    assert kept and gif.shape == (1, 48, 48, 3) and gif.std() > 10
+
+
+def test_real_cats_vs_dogs_folder(shared_data):
+    loaded = data.load_cats_vs_dogs(os.path.join(shared_data, "cats_vs_dogs", "train"), image_size=32)
+    report = loaded.report
+    assert loaded.class_names == ("cats", "dogs")
+    assert report.used == {"train": 800, "val": 200, "test": 0} and report.skipped == 0
+    assert report.per_class == {"cats": {"train": 400, "val": 100, "test": 0},
+                                "dogs": {"train": 400, "val": 100, "test": 0}}
