@@ -35,6 +35,7 @@ import tensorflow as tf
 from keras_transfer import backbones as backbones_lib
 from keras_transfer import data as data_lib
 from keras_transfer import models as models_lib
+from keras_transfer import probe as probe_lib
 from keras_transfer.layers import build_augmentation
 
 MIXED_PRECISION_CHOICES = ("off", "auto", "mixed_float16", "mixed_bfloat16")
@@ -52,6 +53,8 @@ _FEATURES = "features.npz"
 _INITIAL_WEIGHTS = "initial.weights.h5"
 _HEAD_WEIGHTS = "head.weights.h5"
 # Fields that may change between an interrupted run and its resumption.
+DEFAULT_CACHED_HEAD_EPOCHS = 100
+DEFAULT_HEAD_EPOCHS = 10
 _NOT_FINGERPRINTED = ("verbose", "strategy", "jit_compile", "tensorboard_images_every")
 
 
@@ -73,8 +76,10 @@ class TrainConfig:
             uncached head phase. Defaults to `True`.
         batch_size: global batch size (split across replicas). Defaults to
             `32`.
-        epochs: epochs of phase 1 (head on the frozen backbone). Defaults to
-            `10`.
+        epochs: epochs of phase 1 (head on the frozen backbone). `None`
+            means 100 with `cache_features` (an epoch on cached features
+            takes milliseconds, and the head needs about that many to reach
+            the linear probe's accuracy) and 10 without. Defaults to `None`.
         fine_tune_epochs: epochs of phase 2; 0 skips it. Defaults to `10`.
         fine_tune_at: where fine-tuning starts in the backbone: an int `>= 0`
             is the index of the first trainable backbone layer (the TensorFlow
@@ -89,6 +94,11 @@ class TrainConfig:
             Defaults to `False`.
         cache_features: train phase 1 on backbone features computed once.
             Defaults to `True`.
+        linear_probe: also fit a scikit-learn logistic regression on the
+            frozen features of the same split (`keras_transfer.probe`), the
+            reference a transfer-learning run should match; reported under
+            `metrics["linear_probe"]`. Needs scikit-learn. Defaults to
+            `False`.
         mixed_precision: `"off"`, `"auto"` (`mixed_float16` on GPU,
             `mixed_bfloat16` on CPU), `"mixed_float16"` or `"mixed_bfloat16"`.
             Logits stay float32. Defaults to `"off"`.
@@ -115,13 +125,14 @@ class TrainConfig:
     dropout: float = 0.2
     augment: bool = True
     batch_size: int = 32
-    epochs: int = 10
+    epochs: int | None = None
     fine_tune_epochs: int = 10
     fine_tune_at: int | str | None = None
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float | None = None
     train_batchnorm: bool = False
     cache_features: bool = True
+    linear_probe: bool = False
     mixed_precision: str = "off"
     jit_compile: bool = False
     strategy: str = "default"
@@ -132,6 +143,8 @@ class TrainConfig:
 
     def __post_init__(self):
         backbones_lib.get_backbone_spec(self.backbone)
+        if self.epochs is None:
+            self.epochs = DEFAULT_CACHED_HEAD_EPOCHS if self.cache_features else DEFAULT_HEAD_EPOCHS
         if self.weights is not None and not isinstance(self.weights, str):
             self.weights = os.fspath(self.weights)
         for name in ("batch_size",):
@@ -152,7 +165,8 @@ class TrainConfig:
                 raise ValueError(f"Expected {name} > 0. Received: {name}={value!r}")
         if self.mixed_precision not in MIXED_PRECISION_CHOICES:
             raise ValueError(
-                f"Expected mixed_precision in {MIXED_PRECISION_CHOICES}. Received: mixed_precision={self.mixed_precision!r}"
+                f"Expected mixed_precision in {MIXED_PRECISION_CHOICES}. "
+                f"Received: mixed_precision={self.mixed_precision!r}"
             )
         if self.strategy not in STRATEGY_CHOICES:
             raise ValueError(f"Expected strategy in {STRATEGY_CHOICES}. Received: strategy={self.strategy!r}")
@@ -167,7 +181,8 @@ class TrainConfig:
             )
         if isinstance(self.fine_tune_at, bool) or not isinstance(self.fine_tune_at, (int, str, type(None))):
             raise ValueError(
-                f"Expected fine_tune_at to be an int, a layer name or None. Received: fine_tune_at={self.fine_tune_at!r}"
+                "Expected fine_tune_at to be an int, a layer name or None. "
+                f"Received: fine_tune_at={self.fine_tune_at!r}"
             )
         if self.pooling not in ("avg", "max"):
             raise ValueError(f"Expected pooling in ('avg', 'max'). Received: pooling={self.pooling!r}")
@@ -305,7 +320,9 @@ def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_clas
         raise ValueError(f"Expected as many labels as predictions. Received: {labels.shape} and {predictions.shape}")
     for name, values in (("labels", labels), ("predictions", predictions)):
         if values.size and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(f"Expected {name} in [0, {num_classes}). Received values from {values.min()} to {values.max()}")
+            raise ValueError(
+                f"Expected {name} in [0, {num_classes}). Received values from {values.min()} to {values.max()}"
+            )
     counts = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(counts, (labels, predictions), 1)
     return counts
@@ -325,8 +342,24 @@ def labels_of(ds: tf.data.Dataset) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros((0,), np.int64)
 
 
-def _images_of(ds: tf.data.Dataset, count: int) -> np.ndarray:
-    return np.stack([np.asarray(x) for x, _ in ds.take(count).as_numpy_iterator()])
+def grid_indices(size: int, count: int = 16) -> np.ndarray:
+    """`count` positions spread evenly over a split of `size` examples.
+
+    Splits are ordered by class, so the first images would all be of one class.
+    """
+    if size == 0:
+        return np.zeros(0, np.int64)
+    return np.unique(np.linspace(0, size - 1, min(count, size)).round().astype(np.int64))
+
+
+def images_at(ds: tf.data.Dataset, indices: Sequence[int]) -> np.ndarray:
+    """The images at `indices` of an unbatched `(image, label)` dataset."""
+    wanted = {int(i): None for i in indices}
+    last = max(wanted) if wanted else -1
+    for position, (image, _) in enumerate(ds.take(last + 1).as_numpy_iterator()):
+        if position in wanted:
+            wanted[position] = image
+    return np.stack([wanted[int(i)] for i in indices])
 
 
 def _distribution_options(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -445,7 +478,8 @@ class ValidationImages(keras.callbacks.Callback):
         log_dir: the TensorBoard run folder the images go to.
         predict: returns the validation logits, in the order of `labels`.
         labels: the validation labels.
-        images: the first validation images, shown in the grid.
+        grid_indices: positions in the validation split of the grid's images.
+        images: those images.
         class_names: the class names.
         every: write every this many epochs. Defaults to `1`.
     """
@@ -456,6 +490,7 @@ class ValidationImages(keras.callbacks.Callback):
         *,
         predict: Callable[[], np.ndarray],
         labels: np.ndarray,
+        grid_indices: Sequence[int],
         images: np.ndarray,
         class_names: Sequence[str],
         every: int = 1,
@@ -464,7 +499,13 @@ class ValidationImages(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.predict = predict
         self.labels = np.asarray(labels)
+        self.grid_indices = np.asarray(grid_indices, dtype=np.int64)
         self.images = np.asarray(images)
+        if len(self.images) != len(self.grid_indices):
+            raise ValueError(
+                f"Expected one image per grid index. Received: {len(self.images)} images, "
+                f"{len(self.grid_indices)} indices"
+            )
         self.class_names = list(class_names)
         self.every = every
         self._writer = None
@@ -478,14 +519,14 @@ class ValidationImages(keras.callbacks.Callback):
         predictions = logits.argmax(axis=-1)
         probabilities = _softmax(logits)
         confusion = confusion_matrix(self.labels, predictions, len(self.class_names))
-        n = len(self.images)
+        at = self.grid_indices
         cm_fig = plots.plot_confusion_matrix(confusion, self.class_names, title=f"Validation, epoch {epoch + 1}")
         grid_fig = plots.plot_prediction_grid(
             self.images,
-            self.labels[:n],
-            predictions[:n],
+            self.labels[at],
+            predictions[at],
             self.class_names,
-            probabilities=probabilities[np.arange(n), predictions[:n]],
+            probabilities=probabilities[at, predictions[at]],
             title=f"Validation predictions, epoch {epoch + 1}",
         )
         if self._writer is None:
@@ -514,7 +555,12 @@ def write_hparams(log_dir: str, hparams: Mapping[str, Any], *, trial_id: str | N
     The dashboard's metrics are the Keras TensorBoard callback's epoch
     scalars of the `train` and `validation` runs.
     """
-    from tensorboard.plugins.hparams import api as hp
+    try:
+        from tensorboard.plugins.hparams import api as hp
+    except ImportError as error:
+        raise ImportError(
+            "Logging hyper-parameters to TensorBoard needs the `tensorboard` package (pip install tensorboard)."
+        ) from error
 
     values = {
         str(k): (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in hparams.items()
@@ -565,7 +611,7 @@ def _fingerprint(config: TrainConfig, data) -> dict[str, Any]:
     return _jsonable({"train": train_config, "data": data_info})
 
 
-def _check_fingerprint(saved: Mapping[str, Any], current: Mapping[str, Any], root: str) -> None:
+def _check_fingerprint(saved: Mapping[str, Any], current: Mapping[str, Any], root: str, *, complete: bool) -> None:
     if saved == current:
         return
     differences = []
@@ -574,8 +620,9 @@ def _check_fingerprint(saved: Mapping[str, Any], current: Mapping[str, Any], roo
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
                 differences.append(f"{section}.{key}: saved {a.get(key)!r}, now {b.get(key)!r}")
+    what = "a finished run" if complete else "an unfinished run"
     raise ResumeMismatchError(
-        f"{root!r} holds an unfinished run with a different configuration, so it cannot be resumed:\n  "
+        f"{root!r} holds {what} with a different configuration, so it cannot be resumed:\n  "
         + "\n  ".join(differences)
         + "\nUse another output folder, or start over in this one (command line: --overwrite)."
     )
@@ -618,10 +665,19 @@ def _evaluate(model: keras.Model, splits: Mapping[str, Any]) -> dict[str, dict[s
     return results
 
 
-def _extract_features(model: keras.Model, ds: tf.data.Dataset, batch_size: int) -> np.ndarray:
-    extractor = models_lib.feature_extractor(model)
+def _extract_features(extractor: keras.Model, ds: tf.data.Dataset, batch_size: int) -> np.ndarray:
     features = extractor.predict(_image_batches(ds, batch_size=batch_size), verbose=0)
     return np.asarray(features, dtype=np.float32)
+
+
+def _linear_probe(cached: Mapping[str, np.ndarray], config: TrainConfig) -> dict[str, Any] | None:
+    """Logistic regression on the frozen features of the run's own split."""
+    if "val_x" not in cached:
+        return None
+    _say(config, "Linear probe: scikit-learn logistic regression on the same frozen features.")
+    result = probe_lib.linear_probe(cached["train_x"], cached["train_y"], cached["val_x"], cached["val_y"])
+    _say(config, f"Linear probe: validation accuracy {result.val_accuracy:.4f}.")
+    return result.to_dict()
 
 
 def _fit_callbacks(
@@ -690,7 +746,7 @@ def train(
         A `TrainResult`.
 
     Raises:
-        ResumeMismatchError: `output_dir` holds an unfinished run with another
+        ResumeMismatchError: `output_dir` holds a run with another
             configuration.
         FloatingPointError: the loss became NaN or infinite.
         keras_transfer.WeightsUnavailableError: the ImageNet weights are not
@@ -715,20 +771,25 @@ def train(
         state_path = paths.state_file(_RUN_STATE)
         if os.path.isfile(state_path):
             state = _read_json(state_path)
-            if not state.get("complete"):
-                _check_fingerprint(state.get("fingerprint", {}), fingerprint, paths.root)
-        if not state or state.get("complete") and state.get("fingerprint") != fingerprint:
+            _check_fingerprint(
+                state.get("fingerprint", {}), fingerprint, paths.root, complete=bool(state.get("complete"))
+            )
+            if state.get("complete") and not os.path.isfile(os.path.join(paths.root, MODEL_FILE)):
+                # The finished run's model was deleted: nothing left to resume from.
+                _say(config, f"{paths.root} holds a finished run without its {MODEL_FILE}; training again.")
+                shutil.rmtree(paths.state)
+                paths = _Paths(paths.root)
+                state = {}
+        if not state:
             state = {"fingerprint": fingerprint, "phases": {}}
-        else:
-            state.setdefault("phases", {})
     phase_state: dict[str, dict[str, Any]] = state.setdefault("phases", {}) if paths else {}
 
     def save_state() -> None:
         if paths is not None:
             _write_json(paths.state_file(_RUN_STATE), state)
 
-    already_complete = bool(state.get("complete")) and os.path.isfile(os.path.join(paths.root, MODEL_FILE)) if paths else False
-    resumed_from = {p: len(_load_records(paths.history(p))) for p in PHASES} if paths else {}
+    already_complete = bool(state.get("complete"))
+    resumed_from = {p: len(_load_records(paths.history(p))) for p in PHASES} if paths and not already_complete else {}
 
     train_batches = _image_batches(data.train, batch_size=config.batch_size, shuffle=True, seed=config.seed)
     eval_splits = {
@@ -736,8 +797,8 @@ def train(
         for name, ds in (("train", data.train), ("val", data.val), ("test", data.test))
     }
     val_labels = labels_of(data.val) if data.val is not None else None
-    grid_count = min(16, len(val_labels)) if val_labels is not None else 0
-    grid_images = _images_of(data.val, grid_count) if grid_count else None
+    grid = grid_indices(len(val_labels)) if val_labels is not None else np.zeros(0, np.int64)
+    grid_images = images_at(data.val, grid) if len(grid) else None
     timings: dict[str, float] = {}
 
     keras.utils.set_random_seed(config.seed)
@@ -765,7 +826,7 @@ def train(
                 model.load_weights(initial)
             else:
                 model.save_weights(initial)
-            if paths is not None and not state.get("hparams_written") and is_chief(strategy):
+            if not state.get("hparams_written"):
                 hparams = {**config.to_dict(), "image_size": int(data.image_size), "num_classes": num_classes}
                 for key, value in (run_info or {}).items():
                     hparams.setdefault(key, value)
@@ -793,41 +854,59 @@ def train(
                     _say(config, f"Phase 1: backbone features loaded from {features_path}.")
                 else:
                     t0 = time.perf_counter()
-                    _say(config, "Phase 1: computing backbone features once (train" + (", val)" if data.val is not None else ")"))
-                    cached = {"train_x": _extract_features(model, data.train, config.batch_size),
+                    splits = "train, val" if data.val is not None else "train"
+                    _say(config, f"Phase 1: computing backbone features once ({splits}).")
+                    extractor = models_lib.feature_extractor(model)
+                    cached = {"train_x": _extract_features(extractor, data.train, config.batch_size),
                               "train_y": labels_of(data.train)}
                     if data.val is not None:
-                        cached["val_x"] = _extract_features(model, data.val, config.batch_size)
+                        cached["val_x"] = _extract_features(extractor, data.val, config.batch_size)
                         cached["val_y"] = val_labels
                     timings["feature_extraction_s"] = time.perf_counter() - t0
                     head_state["feature_extraction_s"] = timings["feature_extraction_s"]
                     if features_path:
                         np.savez(features_path, **cached)
+                if config.linear_probe:
+                    head_state["linear_probe"] = _linear_probe(cached, config)
                 head_model = models_lib.head(model)
                 _compile(head_model, learning_rate=config.learning_rate, jit_compile=config.jit_compile)
                 fit_train = _feature_batches(
                     cached["train_x"], cached["train_y"], batch_size=config.batch_size, shuffle=True, seed=config.seed
                 )
-                fit_val = (
-                    _feature_batches(cached["val_x"], cached["val_y"], batch_size=config.batch_size, shuffle=False, seed=0)
-                    if "val_x" in cached
-                    else None
-                )
+                fit_val = None
+                if "val_x" in cached:
+                    fit_val = _feature_batches(
+                        cached["val_x"], cached["val_y"], batch_size=config.batch_size, shuffle=False, seed=0
+                    )
                 fit_model = head_model
                 predict_val = (lambda: head_model.predict(fit_val, verbose=0)) if fit_val is not None else None
-                eval_head = {"train": _feature_batches(cached["train_x"], cached["train_y"], batch_size=config.batch_size,
-                                                       shuffle=False, seed=0), "val": fit_val}
+                train_in_order = _feature_batches(
+                    cached["train_x"], cached["train_y"], batch_size=config.batch_size, shuffle=False, seed=0
+                )
+                eval_head = {"train": train_in_order, "val": fit_val}
                 what = "head on cached features"
             else:
+                if config.linear_probe and data.val is not None:
+                    extractor = models_lib.feature_extractor(model)
+                    probe_features = {
+                        "train_x": _extract_features(extractor, data.train, config.batch_size),
+                        "train_y": labels_of(data.train),
+                        "val_x": _extract_features(extractor, data.val, config.batch_size),
+                        "val_y": val_labels,
+                    }
+                    head_state["linear_probe"] = _linear_probe(probe_features, config)
                 _compile(model, learning_rate=config.learning_rate, jit_compile=config.jit_compile)
                 fit_model, fit_train, fit_val = model, train_batches, eval_splits["val"]
                 predict_val = (lambda: model.predict(eval_splits["val"], verbose=0)) if fit_val is not None else None
                 eval_head = {"train": eval_splits["train"], "val": eval_splits["val"]}
                 what = "head on the frozen backbone"
-            image_callback = _image_callback(paths, config, predict_val, val_labels, grid_images, class_names)
+            image_callback = _image_callback(paths, config, predict_val, val_labels, grid, grid_images, class_names)
             fit_model._initial_epoch = None  # set by a BackupAndRestore of an earlier fit
             start = (max(head_records) + 1) if head_records else 0
-            _say(config, f"Phase 1: {what}, epochs {start + 1}-{config.epochs} (learning rate {config.learning_rate:g}).")
+            _say(
+                config,
+                f"Phase 1: {what}, epochs {start + 1}-{config.epochs} (learning rate {config.learning_rate:g}).",
+            )
             fit_model.fit(
                 fit_train,
                 validation_data=fit_val,
@@ -836,6 +915,7 @@ def train(
                     config=config, phase="head", paths=paths, recorder=recorder, image_callback=image_callback,
                     has_val=fit_val is not None, extra=callbacks,
                 ),
+                shuffle=False,  # the datasets shuffle themselves, reproducibly
                 verbose=config.verbose,
             )
             _check_not_nan("head", recorder.records, config.learning_rate)
@@ -866,7 +946,7 @@ def train(
             _compile(model, learning_rate=lr, jit_compile=config.jit_compile)
             recorder = EpochRecorder(tune_records, path=paths.history("fine_tune") if paths else None)
             predict_val = (lambda: model.predict(eval_splits["val"], verbose=0)) if data.val is not None else None
-            image_callback = _image_callback(paths, config, predict_val, val_labels, grid_images, class_names)
+            image_callback = _image_callback(paths, config, predict_val, val_labels, grid, grid_images, class_names)
             model._initial_epoch = None
             end = head_epochs + config.fine_tune_epochs
             start = (max(tune_records) + 1) if tune_records else head_epochs
@@ -884,6 +964,7 @@ def train(
                     config=config, phase="fine_tune", paths=paths, recorder=recorder, image_callback=image_callback,
                     has_val=data.val is not None, extra=callbacks,
                 ),
+                shuffle=False,
                 verbose=config.verbose,
             )
             _check_not_nan("fine_tune", recorder.records, lr)
@@ -896,7 +977,7 @@ def train(
             tune_records = recorder.records
 
         # ----------------------------------------------------------- evaluation
-        if model.optimizer is None:
+        if getattr(model, "optimizer", None) is None:
             _compile(model, learning_rate=config.learning_rate, jit_compile=False)
         t0 = time.perf_counter()
         final = _evaluate(model, eval_splits)
@@ -935,13 +1016,16 @@ def train(
         "phases": phases_out,
         "fine_tune_start_epoch": fine_tune_start,
         "final": final,
+        "linear_probe": phase_state.get("head", {}).get("linear_probe"),
         "per_class_val_accuracy": per_class,
         "val_confusion_matrix": confusion.tolist() if confusion is not None else None,
         "per_class_test_accuracy": test_per_class,
         "data": data.report.to_dict(),
         "timings": timings,
         "wall_time_s": time.perf_counter() - started,
+        # Epochs each phase had already completed when this call started.
         "resumed_at": {p: n for p, n in resumed_from.items() if n} or None,
+        "re_evaluated_finished_run": already_complete,
         "mixed_precision_policy": policy or "float32",
         "replicas": int(strategy.num_replicas_in_sync),
         "config": {"train": config.to_dict(), **_jsonable(dict(run_info or {}))},
@@ -949,10 +1033,9 @@ def train(
     if paths is not None:
         state["complete"] = True
         state.setdefault("fingerprint", fingerprint)
-        if is_chief(strategy):
-            model.save(os.path.join(paths.root, MODEL_FILE))
-            models_lib.save_class_names(class_names, os.path.join(paths.root, CLASSES_FILE))
-            _write_json(os.path.join(paths.root, METRICS_FILE), _jsonable(metrics))
+        model.save(os.path.join(paths.root, MODEL_FILE))
+        models_lib.save_class_names(class_names, os.path.join(paths.root, CLASSES_FILE))
+        _write_json(os.path.join(paths.root, METRICS_FILE), _jsonable(metrics))
         save_state()
         # Only the small state files are kept; a re-run of a complete run loads model.keras.
         for name in (_INITIAL_WEIGHTS, _HEAD_WEIGHTS):
@@ -972,13 +1055,14 @@ def train(
     )
 
 
-def _image_callback(paths, config, predict_val, val_labels, grid_images, class_names) -> ValidationImages | None:
+def _image_callback(paths, config, predict_val, val_labels, grid, grid_images, class_names) -> ValidationImages | None:
     if paths is None or predict_val is None or not config.tensorboard_images_every or grid_images is None:
         return None
     return ValidationImages(
         os.path.join(paths.tensorboard, "validation"),
         predict=predict_val,
         labels=val_labels,
+        grid_indices=grid,
         images=grid_images,
         class_names=class_names,
         every=config.tensorboard_images_every,

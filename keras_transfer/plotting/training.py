@@ -158,7 +158,13 @@ def plot_prediction_grid(
         raise ValueError(f"Expected columns >= 1. Received: columns={columns!r}")
     columns = min(columns, n)
     rows = math.ceil(n / columns)
-    fig = Figure(figsize=(2.6 * columns, 2.9 * rows), layout="constrained")
+    # A fixed layout: the constraint solver doubles the time of a grid of
+    # many small axes, and TensorBoard draws one every epoch.
+    height = 2.5 * rows + (0.4 if title else 0.0)
+    fig = Figure(figsize=(2.2 * columns, height))
+    # Room above the first row for its two-line titles (and the figure title).
+    top = 1.0 - (0.4 + (0.4 if title else 0.0)) / height
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=top, wspace=0.1, hspace=0.45)
     axes = fig.subplots(rows, columns, squeeze=False)
     for index, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -182,7 +188,7 @@ def plot_feature_maps(
     *,
     layer: str | int | None = None,
     max_maps: int = 32,
-    columns: int = 8,
+    columns: int | None = None,
 ) -> Figure:
     """The feature maps of one backbone layer for one image.
 
@@ -199,7 +205,7 @@ def plot_feature_maps(
         layer: name or index of a backbone layer. Defaults to the first
             convolution of the backbone.
         max_maps: the number of channels shown. Defaults to `32`.
-        columns: panels per row. Defaults to `8`.
+        columns: panels per row. Defaults to `None` (a square-ish grid).
     """
     import keras
 
@@ -211,7 +217,7 @@ def plot_feature_maps(
         raise ValueError(
             f"Expected one RGB image of the model's input shape {(size, size, 3)}. Received: shape {image.shape}"
         )
-    if max_maps < 1 or columns < 1:
+    if max_maps < 1 or (columns is not None and columns < 1):
         raise ValueError(f"Expected max_maps >= 1 and columns >= 1. Received: max_maps={max_maps}, columns={columns}")
     backbone = models_lib.get_backbone(model)
     chosen = _backbone_layer(backbone, layer)
@@ -228,7 +234,7 @@ def plot_feature_maps(
         )
     order = np.argsort(-maps.reshape(-1, maps.shape[-1]).var(axis=0), kind="stable")[:max_maps]
     panels = len(order) + 1
-    columns = min(columns, panels)
+    columns = min(columns or math.ceil(math.sqrt(panels)), panels)
     rows = math.ceil(panels / columns)
     fig = Figure(figsize=(1.6 * columns, 1.75 * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
@@ -259,7 +265,8 @@ def _backbone_layer(backbone, layer: str | int | None):
     if isinstance(layer, int) and not isinstance(layer, bool):
         if not -len(layers) <= layer < len(layers):
             raise ValueError(
-                f"Layer index out of range: backbone {backbone.name!r} has {len(layers)} layers. Received: layer={layer}"
+                f"Layer index out of range: backbone {backbone.name!r} has {len(layers)} layers. "
+                f"Received: layer={layer}"
             )
         return layers[layer]
     names = [l.name for l in layers]

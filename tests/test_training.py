@@ -1,0 +1,416 @@
+"""Two-phase training, resumption, TensorBoard logs, distribution, mixed precision, plots.
+
+Every run uses a tiny MobileNet (alpha 0.25, 32 px) on synthetic images whose
+class is a colour. A randomly initialized deep backbone shrinks its features
+geometrically with depth (to ~1e-17 here) without destroying them, so the
+`backbone_weights` fixture rescales the last BatchNormalization layer of a
+random backbone on the data, the way a pretrained backbone's moving statistics
+keep its features at unit scale. Nothing here needs the real weights.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_transfer as kt
+from keras_transfer import data as data_lib
+from keras_transfer import models as models_lib
+from keras_transfer import training
+from keras_transfer.plotting import training as plots
+
+SIZE = 32
+CLASSES = ("red", "green", "blue")
+
+
+def synthetic_images(n: int, *, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy images whose strongest colour channel is the class."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(CLASSES)
+    images = 70 + rng.uniform(-25, 25, (n, 1, 1, 3)) + rng.normal(0, 15, (n, size, size, 3))
+    images[np.arange(n), :, :, labels] += 120
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int32)
+
+
+def image_data(n_train: int = 48, n_val: int = 30, *, test: bool = False) -> data_lib.ImageData:
+    x_train, y_train = synthetic_images(n_train, seed=1)
+    x_val, y_val = synthetic_images(n_val, seed=2)
+    splits = {"train": n_train, "val": n_val, "test": 0}
+    test_ds = None
+    if test:
+        x_test, y_test = synthetic_images(n_val, seed=3)
+        test_ds = tf.data.Dataset.from_tensor_slices((x_test, y_test))
+        splits["test"] = n_val
+    report = data_lib.DataReport(
+        source="synthetic", found=sum(splits.values()), used=splits, skipped=0, skipped_files=[], ignored=0,
+        per_class={},
+    )
+    return data_lib.ImageData(
+        train=tf.data.Dataset.from_tensor_slices((x_train, y_train)),
+        val=tf.data.Dataset.from_tensor_slices((x_val, y_val)),
+        test=test_ds,
+        class_names=CLASSES,
+        image_size=SIZE,
+        report=report,
+    )
+
+
+@pytest.fixture(scope="module")
+def backbone_weights(tmp_path_factory) -> str:
+    """Weights of a random MobileNet 0.25 (32 px) whose features have unit scale."""
+    keras.utils.set_random_seed(0)
+    backbone = kt.build_backbone("mobilenet", alpha=0.25, image_size=SIZE, weights=None)
+    last_bn = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)][-1]
+    images, _ = synthetic_images(96, seed=0)
+    before_bn = keras.Model(backbone.input, last_bn.input)
+    z = np.asarray(before_bn(images.astype("float32") / 127.5 - 1.0, training=False))
+    z = z.reshape(-1, z.shape[-1])
+    last_bn.moving_mean.assign(z.mean(axis=0))
+    last_bn.gamma.assign(np.sqrt(last_bn.moving_variance.numpy() + last_bn.epsilon) / z.std(axis=0))
+    last_bn.beta.assign(np.full(z.shape[-1], 0.5, np.float32))
+    path = str(tmp_path_factory.mktemp("backbone") / "mobilenet_025_32.weights.h5")
+    backbone.save_weights(path)
+    keras.backend.clear_session()
+    return path
+
+
+def tiny_config(weights: str | None, **overrides) -> training.TrainConfig:
+    values = dict(
+        backbone="mobilenet", alpha=0.25, weights=weights, batch_size=16, epochs=3, fine_tune_epochs=2,
+        learning_rate=1e-2, fine_tune_learning_rate=1e-4, augment=False, verbose=0, tensorboard_images_every=0,
+    )
+    values.update(overrides)
+    return training.TrainConfig(**values)
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Raises at the start of one epoch, like a killed job."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"interrupted at epoch {epoch}")
+
+
+class EpochsSeen(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[int] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def read_events(directory: str) -> dict[str, dict[int, object]]:
+    """{tag: {step: value}} of every event file in `directory` (not recursive)."""
+    found: dict[str, dict[int, object]] = {}
+    for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data.plugin_name
+                if plugin == "images":
+                    content = tf.make_ndarray(value.tensor)  # [width, height, png...]
+                    found.setdefault(value.tag, {})[event.step] = content
+                elif plugin == "scalars" or value.HasField("simple_value"):
+                    number = value.simple_value if value.HasField("simple_value") else tf.make_ndarray(value.tensor)
+                    found.setdefault(value.tag, {})[event.step] = float(number)
+                else:
+                    found.setdefault(value.tag, {})[event.step] = plugin
+    return found
+
+
+def backbone_state(model: keras.Model) -> dict[str, np.ndarray]:
+    backbone = models_lib.get_backbone(model)
+    return {v.path: np.array(v.numpy()) for v in backbone.weights}
+
+
+# ---------------------------------------------------------------------------
+
+
+def test_config_rejects_bad_values_and_names_them():
+    with pytest.raises(ValueError, match="batch_size=0"):
+        training.TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="mixed_precision='float8'"):
+        training.TrainConfig(mixed_precision="float8")
+    with pytest.raises(ValueError, match="strategy='tpu'"):
+        training.TrainConfig(strategy="tpu")
+    with pytest.raises(ValueError, match="learning_rate=-1"):
+        training.TrainConfig(learning_rate=-1)
+    with pytest.raises(ValueError, match="epochs=0, fine_tune_epochs=0"):
+        training.TrainConfig(epochs=0, fine_tune_epochs=0)
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        training.TrainConfig(backbone="mobilenett")
+    assert training.TrainConfig(learning_rate=1e-3).resolved_fine_tune_learning_rate == pytest.approx(1e-5)
+    assert training.resolve_mixed_precision("auto") == (
+        "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+    )
+    assert training.resolve_mixed_precision("off") is None
+
+
+def test_confusion_matrix_and_per_class_accuracy():
+    cm = training.confusion_matrix([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], 3)
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
+    assert training.per_class_accuracy(cm, ["a", "b", "c"]) == {"a": 0.5, "b": 1.0, "c": 0.0}
+    assert training.per_class_accuracy(np.zeros((2, 2), int), ["a", "b"]) == {"a": None, "b": None}
+    with pytest.raises(ValueError, match=r"labels in \[0, 3\)"):
+        training.confusion_matrix([3], [0], 3)
+
+
+def test_grid_images_are_spread_over_the_split():
+    np.testing.assert_array_equal(training.grid_indices(5), [0, 1, 2, 3, 4])
+    spread = training.grid_indices(30, 16)
+    assert len(spread) == 16 and spread[0] == 0 and spread[-1] == 29 and np.all(np.diff(spread) > 0)
+    images, _ = synthetic_images(10, seed=0)
+    ds = tf.data.Dataset.from_tensor_slices((images, np.arange(10)))
+    np.testing.assert_array_equal(training.images_at(ds, [7, 2]), images[[7, 2]])
+
+
+def test_two_phase_run_learns_logs_and_saves(backbone_weights, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(backbone_weights, tensorboard_images_every=1, fine_tune_at=-12)
+    initial = backbone_state(
+        kt.build_classifier("mobilenet", alpha=0.25, num_classes=3, image_size=SIZE, weights=backbone_weights)
+    )
+    result = training.train(image_data(test=True), config, output_dir=out, run_info={"dataset": "synthetic"})
+
+    # Accuracy rises on the easy task: chance is 1/3.
+    head = result.history["head"]
+    assert head["epoch"] == [0, 1, 2]
+    assert head["loss"][-1] < 0.5 * head["loss"][0]
+    assert result.metrics["final"]["val"]["accuracy"] >= 0.9
+    assert result.metrics["final"]["test"]["accuracy"] >= 0.9
+    assert result.history["fine_tune"]["epoch"] == [3, 4]
+    assert result.fine_tune_start == 3
+    np.testing.assert_allclose(result.history["head"]["learning_rate"], 1e-2, rtol=1e-6)
+    np.testing.assert_allclose(result.history["fine_tune"]["learning_rate"], 1e-4, rtol=1e-6)
+
+    # Fine-tuning changed the top of the backbone but no BatchNormalization
+    # moving statistics (the backbone runs in inference mode), and nothing below.
+    final = backbone_state(result.model)
+    backbone = models_lib.get_backbone(result.model)
+    first_trainable = len(backbone.layers) - 12
+    changed = {p for p in final if not np.array_equal(final[p], initial[p])}
+    assert changed, "fine-tuning changed no backbone weight"
+    moving = [p for p in final if "moving_" in p]
+    assert moving and not changed.intersection(moving)
+    lower = {v.path for layer in backbone.layers[:first_trainable] for v in layer.weights}
+    assert not changed.intersection(lower)
+
+    # Outputs on disk.
+    for name in ("model.keras", "classes.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "classes.json").read_text()) == list(CLASSES)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for phase in ("head", "fine_tune"):
+        assert set(metrics["phases"][phase]["final"]) == {"train", "val"}
+        assert 0.0 <= metrics["phases"][phase]["final"]["train"]["accuracy"] <= 1.0
+    assert metrics["phases"]["head"]["cached_features"] is True
+    assert metrics["phases"]["head"]["feature_extraction_s"] > 0
+    assert set(metrics["per_class_val_accuracy"]) == set(CLASSES)
+    assert np.sum(metrics["val_confusion_matrix"]) == 30
+    assert metrics["data"]["used"] == {"train": 48, "val": 30, "test": 30}
+    assert metrics["config"]["train"]["epochs"] == 3 and metrics["config"]["dataset"] == "synthetic"
+    assert metrics["wall_time_s"] > 0
+
+    # The saved model predicts exactly like the trained one.
+    images, _ = synthetic_images(8, seed=9)
+    loaded = kt.load_model(out / "model.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), result.model.predict(images, verbose=0), atol=1e-6)
+
+    # TensorBoard: scalars of both phases on one axis, images every epoch, hparams.
+    train_events = read_events(str(out / "tensorboard" / "train"))
+    val_events = read_events(str(out / "tensorboard" / "validation"))
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_learning_rate"):
+        assert sorted(train_events[tag]) == [0, 1, 2, 3, 4], tag
+    assert train_events["epoch_learning_rate"][2] == pytest.approx(1e-2)
+    assert train_events["epoch_learning_rate"][3] == pytest.approx(1e-4)
+    assert train_events["epoch_loss"][2] == pytest.approx(head["loss"][2], rel=1e-5)
+    for tag in ("epoch_loss", "epoch_accuracy"):
+        assert sorted(val_events[tag]) == [0, 1, 2, 3, 4], tag
+    for tag in ("confusion_matrix", "predictions"):
+        assert sorted(val_events[tag]) == [0, 1, 2, 3, 4], tag
+        png = val_events[tag][4][2]
+        assert png.startswith(b"\x89PNG")
+        assert int(val_events[tag][4][0]) > 100  # width
+    root_events = read_events(str(out / "tensorboard"))
+    assert "_hparams_/session_start_info" in root_events
+    assert "_hparams_/experiment" in root_events
+
+
+def test_interrupted_run_resumes_from_its_last_epoch(backbone_weights, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(backbone_weights, epochs=3, fine_tune_epochs=3)
+    data = image_data()
+
+    # Killed in the cached-feature head phase at epoch 2 (epochs 0 and 1 done).
+    with pytest.raises(KeyboardInterrupt):
+        training.train(data, config, output_dir=out, callbacks=[Interrupt(2)])
+    assert (out / "state" / "features.npz").is_file()
+    assert not (out / "model.keras").exists()
+
+    # Resumed: the head phase continues at epoch 2 on the features saved on
+    # disk, then fine-tuning is killed at epoch 4 (epochs 3 done).
+    seen = EpochsSeen()
+    with pytest.raises(KeyboardInterrupt):
+        training.train(data, config, output_dir=out, callbacks=[seen, Interrupt(4)])
+    assert seen.epochs == [2, 3, 4]
+    state = json.loads((out / "state" / "run.json").read_text())
+    assert state["phases"]["head"]["complete"] and state["phases"]["head"]["features_from_disk"]
+
+    # Resumed again: straight to fine-tuning, at epoch 4.
+    seen = EpochsSeen()
+    result = training.train(data, config, output_dir=out, callbacks=[seen])
+    assert seen.epochs == [4, 5]
+    assert result.history["head"]["epoch"] == [0, 1, 2]
+    assert result.history["fine_tune"]["epoch"] == [3, 4, 5]
+    assert result.metrics["resumed_at"] == {"head": 3, "fine_tune": 1}
+    assert result.metrics["final"]["val"]["accuracy"] >= 0.9
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["phases"]["fine_tune"]["history"]["epoch"] == [3, 4, 5]
+    train_events = read_events(str(out / "tensorboard" / "train"))
+    assert sorted(train_events["epoch_loss"]) == [0, 1, 2, 3, 4, 5]
+    # Resume state is cleaned up; the model on disk is the final one.
+    assert not (out / "state" / "features.npz").exists()
+    assert not list((out / "state").glob("backup_*"))
+    images, _ = synthetic_images(6, seed=4)
+    reloaded = kt.load_model(out / "model.keras")
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), result.model.predict(images, verbose=0), atol=1e-6)
+
+    # A finished run is evaluated again, not retrained...
+    seen = EpochsSeen()
+    again = training.train(data, config, output_dir=out, callbacks=[seen])
+    assert seen.epochs == []
+    assert again.metrics["final"]["val"]["accuracy"] == pytest.approx(result.metrics["final"]["val"]["accuracy"])
+    # ...and another configuration refuses to reuse the folder.
+    with pytest.raises(training.ResumeMismatchError, match="fine_tune_epochs: saved 3, now 4"):
+        training.train(data, tiny_config(backbone_weights, epochs=3, fine_tune_epochs=4), output_dir=out)
+
+
+def test_uncached_head_phase_with_mixed_bfloat16_keeps_float32_logits(backbone_weights):
+    previous = keras.mixed_precision.global_policy().name
+    config = tiny_config(
+        backbone_weights, epochs=1, fine_tune_epochs=1, cache_features=False, augment=True,
+        mixed_precision="mixed_bfloat16",
+    )
+    result = training.train(image_data(n_train=24, n_val=12), config)
+    assert keras.mixed_precision.global_policy().name == previous
+    model = result.model
+    assert models_lib.get_backbone(model).layers[1].compute_dtype == "bfloat16"
+    assert model.get_layer("augmentation") is not None
+    logits = model(synthetic_images(4, seed=5)[0].astype("float32"))
+    assert logits.dtype == tf.float32
+    assert np.all(np.isfinite(np.asarray(logits)))
+    assert result.metrics["mixed_precision_policy"] == "mixed_bfloat16"
+    assert "feature_extraction_s" not in result.metrics["phases"]["head"]
+    assert result.history["head"]["epoch"] == [0] and result.history["fine_tune"]["epoch"] == [1]
+
+
+def test_diverging_loss_stops_with_a_clear_error(backbone_weights):
+    config = tiny_config(backbone_weights, epochs=3, fine_tune_epochs=0, learning_rate=1e38, dropout=0.0)
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        training.train(image_data(n_train=24, n_val=12), config)
+
+
+def test_mirrored_strategy_on_two_logical_cpus(backbone_weights, tmp_path):
+    # Logical devices must exist before TensorFlow initializes: a new process.
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_training import image_data, tiny_config
+        from keras_transfer import training
+        config = tiny_config({backbone_weights!r}, strategy="mirrored", epochs=2, fine_tune_epochs=1,
+                             learning_rate=2e-2)
+        result = training.train(image_data(), config, output_dir={str(tmp_path / "run")!r})
+        print("RESULT" + json.dumps(result.metrics))
+        """
+    )
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert metrics["replicas"] == 2
+    assert metrics["config"]["train"]["strategy"] == "mirrored"
+    assert metrics["final"]["val"]["accuracy"] >= 0.9
+    assert metrics["phases"]["fine_tune"]["history"]["epoch"] == [2]
+    assert (tmp_path / "run" / "model.keras").is_file()
+
+
+# ---------------------------------------------------------------------------
+# Plots.
+
+
+def test_training_curves_mark_the_start_of_fine_tuning():
+    history = {
+        "head": {"epoch": [0, 1, 2], "loss": [1.0, 0.6, 0.4], "val_loss": [0.9, 0.7, 0.5],
+                 "accuracy": [0.4, 0.7, 0.8], "val_accuracy": [0.5, 0.6, 0.8]},
+        "fine_tune": {"epoch": [3, 4], "loss": [0.3, 0.2], "val_loss": [0.45, 0.4],
+                      "accuracy": [0.85, 0.9], "val_accuracy": [0.82, 0.85]},
+    }
+    fig = plots.plot_training_curves(history)
+    assert len(fig.axes) == 2
+    loss_ax = fig.axes[0]
+    lines = {line.get_label(): line for line in loss_ax.get_lines()}
+    np.testing.assert_array_equal(lines["train"].get_xdata(), [1, 2, 3, 4, 5])
+    np.testing.assert_allclose(lines["validation"].get_ydata(), [0.9, 0.7, 0.5, 0.45, 0.4])
+    assert list(lines["fine-tuning starts"].get_xdata()) == [3.5, 3.5]
+    # Without fine-tuning there is no marker.
+    fig = plots.plot_training_curves({"head": history["head"]}, metrics=("accuracy",))
+    assert [l.get_label() for l in fig.axes[0].get_lines()] == ["train", "validation"]
+
+
+def test_confusion_matrix_and_prediction_grid_figures():
+    fig = plots.plot_confusion_matrix(np.array([[3, 1], [0, 4]]), ["cat", "dog"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["3", "1", "0", "4"]
+    assert "87.5%" in ax.get_title()
+    with pytest.raises(ValueError, match=r"\(3, 3\)"):
+        plots.plot_confusion_matrix(np.eye(2), ["a", "b", "c"])
+    images, labels = synthetic_images(6, seed=0)
+    predictions = labels.copy()
+    predictions[0] = (labels[0] + 1) % 3
+    fig = plots.plot_prediction_grid(images, labels, predictions, CLASSES, probabilities=np.full(6, 0.75), columns=3)
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert len(titled) == 6
+    assert "pred: green (75%)\ntrue: red" == titled[0].get_title()
+    assert titled[0].title.get_color() == "tab:red" and titled[1].title.get_color() == "tab:green"
+    assert plots.figure_to_png(fig).startswith(b"\x89PNG")
+
+
+def test_feature_maps_of_a_backbone_layer(backbone_weights):
+    model = kt.build_classifier("mobilenet", alpha=0.25, num_classes=3, image_size=SIZE, weights=backbone_weights)
+    image = synthetic_images(1, seed=0)[0][0]
+    fig = plots.plot_feature_maps(model, image, max_maps=8)
+    images = [ax for ax in fig.axes if ax.get_images()]
+    assert len(images) == 9  # the input and 8 channels
+    assert ": conv1 (16x16, 8 channels" in fig.get_suptitle()
+    fig = plots.plot_feature_maps(model, image, layer="conv_pw_1_relu", max_maps=4)
+    assert fig.get_suptitle().startswith(f"{models_lib.get_backbone(model).name}: conv_pw_1_relu (16x16, 16")
+    with pytest.raises(ValueError, match="Close matches"):
+        plots.plot_feature_maps(model, image, layer="conv_pw_1_rel")
+    with pytest.raises(ValueError, match=r"\(32, 32, 3\)"):
+        plots.plot_feature_maps(model, np.zeros((16, 16, 3)))
+
+
+def test_linear_probe_reference_on_the_same_split(backbone_weights):
+    """The logistic-regression reference is fit on the run's own frozen features."""
+    result = training.train(image_data(), tiny_config(backbone_weights, epochs=2, fine_tune_epochs=0,
+                                                      linear_probe=True))
+    probe = result.metrics["linear_probe"]
+    assert probe["val_accuracy"] >= 0.9 and probe["train_accuracy"] >= 0.9
+    assert result.metrics["phases"]["head"]["linear_probe"] == probe
