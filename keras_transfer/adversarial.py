@@ -1,0 +1,1278 @@
+"""Adversarial examples: small changes to a photo that change a classifier's answer.
+
+The machinery of class visualization (the gradient of a class score with
+respect to the input pixels) also tweaks a dog photo until the network calls
+it a cat. This module has the lesson's version of that and the standard
+bounded attacks:
+
+- `LessonAttack`: unbounded gradient ascent on the target class score (as in
+  the lesson), only clipped to the valid pixel range; for comparison.
+- `FGSM`: one step of size `eps` along the steepest direction of the norm
+  (Goodfellow et al. 2015; "FGM" for L2).
+- `PGD` (Madry et al. 2018, random start) and `BIM` (Kurakin et al. 2016, no
+  random start): repeated steps, each projected back into the epsilon ball.
+
+All of them share one loop; a norm (`"inf"` or `"2"`) contributes only its
+random start, its step direction, its projection and its rounding. Whether an
+attack is targeted is the criterion's business, not a flag:
+`Misclassification(labels)` (any other class) or
+`TargetedMisclassification(target_classes)` (that class).
+
+Units and guarantees. Images are RGB pixels in [0, 255], like every model of
+this package takes them, and `eps` is in the same pixel units (L-inf `eps=4`
+allows every channel of every pixel to move by up to 4 levels). Every result
+lies inside the epsilon ball around its original and inside [0, 255] (exactly
+for uint8 results; float32 results up to float32 rounding).
+
+Saved images still work. By default (`quantize=True`) the attack returns uint8
+images, and success is decided on those very images: at every step the
+current point is rounded to the integer grid inside the ball (rounding toward
+the original wherever rounding to nearest would leave the ball), the model is
+run on the rounded image, and its gradient drives the next step of the float
+iterate. So an image reported as adversarial is adversarial after it is saved
+as PNG, and no separate re-check or repair pass is needed. Rounding keeps the
+ball only around integer originals: with `quantize=True` the originals must
+be integer-valued (uint8 photos, or floats holding integers); float originals
+with fractional values are rejected with an explanation (round them first, or
+pass `quantize=False` to get float32 results).
+
+Logits, not probabilities. Attacks differentiate the model's logits: the
+gradient of a saturated softmax vanishes, which silently weakens attacks. A
+model that ends in a softmax is attacked through
+`keras_transfer.models.as_logits_model`.
+
+Speed. Each step is one compiled `tf.function` (rounding, forward, gradient,
+step, projection) on a batch held in TensorFlow variables; a plain Python loop
+around it stops each image as soon as it succeeds (`early_stop=True`) and
+refills its slot with the next image, so batches stay full, no work is spent
+on images that are already adversarial, and only new and finished images
+cross between Python and TensorFlow.
+
+Example::
+
+    model = kt.build_imagenet_classifier("mobilenet", alpha=0.25)
+    attack = PGD(norm="inf", eps=4.0, steps=10)
+    result = attack(model, dog_photos, TargetedMisclassification(281))  # tabby
+    result.success_rate, result.adversarial.dtype  # (1.0, uint8)
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_transfer import models as models_lib
+
+PIXEL_MIN = 0.0
+PIXEL_MAX = 255.0
+NORMS = ("inf", "2")
+ATTACKS = ("lesson", "fgsm", "pgd", "bim")
+LESSON_OBJECTIVES = ("logit", "log_prob")
+
+_NORM_ALIASES = {"inf": "inf", "linf": "inf", "l_inf": "inf", "2": "2", "l2": "2"}
+_TINY = 1e-12
+
+
+# --------------------------------------------------------------------------
+# Norms: random start, step direction, projection, rounding.
+# --------------------------------------------------------------------------
+
+
+def _flat_norm(t: tf.Tensor) -> tf.Tensor:
+    """L2 norm of every image of a batch, shaped to broadcast against it."""
+    axes = tf.range(1, tf.rank(t))
+    return tf.sqrt(tf.reduce_sum(tf.square(t), axis=axes, keepdims=True))
+
+
+class _Norm(abc.ABC):
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...], eps: float) -> np.ndarray:
+        """Uniform random perturbations inside the ball (numpy, float32)."""
+
+    @abc.abstractmethod
+    def direction(self, grad: tf.Tensor) -> tf.Tensor:
+        """The steepest-ascent direction of unit norm for a gradient."""
+
+    @abc.abstractmethod
+    def project(self, delta: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        """The closest perturbation inside the ball of radius `eps`."""
+
+    @abc.abstractmethod
+    def quantize(self, x: tf.Tensor, x0: tf.Tensor, eps: tf.Tensor, radius: tf.Tensor) -> tf.Tensor:
+        """An integer image inside the ball and [0, 255], close to `x`.
+
+        `x0` holds integers; `x` lies inside the ball and the pixel range;
+        `radius` is `floor(eps)` (for the L-inf grid).
+        """
+
+
+class _LinfNorm(_Norm):
+    name = "inf"
+
+    def sample(self, rng, shape, eps):
+        return (rng.random(shape, dtype=np.float32) * np.float32(2.0 * eps) - np.float32(eps)).clip(-eps, eps)
+
+    def direction(self, grad):
+        return tf.sign(grad)
+
+    def project(self, delta, eps):
+        return tf.clip_by_value(delta, -eps, eps)
+
+    def quantize(self, x, x0, eps, radius):
+        # The integers within eps of an integer x0 are x0 - floor(eps) ... x0 +
+        # floor(eps); clipping the nearest integer into that box rounds toward
+        # the original exactly where rounding to nearest would leave the ball.
+        low = tf.maximum(x0 - radius, PIXEL_MIN)
+        high = tf.minimum(x0 + radius, PIXEL_MAX)
+        return tf.clip_by_value(tf.round(x), low, high)
+
+
+class _L2Norm(_Norm):
+    name = "2"
+
+    def sample(self, rng, shape, eps):
+        n, dim = shape[0], int(np.prod(shape[1:]))
+        direction = rng.standard_normal((n, dim))
+        direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), _TINY)
+        # Radius eps * u^(1/d) makes the point uniform in the ball's volume.
+        radius = eps * rng.uniform(0.0, 1.0, size=(n, 1)) ** (1.0 / dim)
+        return (direction * radius).reshape(shape).astype(np.float32)
+
+    def direction(self, grad):
+        return grad / tf.maximum(_flat_norm(grad), _TINY)
+
+    def project(self, delta, eps):
+        return delta * tf.minimum(eps / tf.maximum(_flat_norm(delta), _TINY), 1.0)
+
+    def quantize(self, x, x0, eps, radius):
+        # Exact integer arithmetic in float64 (squared norms of 224 px images
+        # exceed float32's integer range).
+        shape = tf.shape(x)
+        batch = shape[0]
+        eps64 = tf.cast(eps, tf.float64)
+        delta = tf.reshape(tf.cast(x, tf.float64) - tf.cast(x0, tf.float64), [batch, -1])
+        norm = tf.sqrt(tf.reduce_sum(tf.square(delta), axis=1, keepdims=True))
+        # x is in the ball up to float32 rounding; make that exact first, so
+        # that truncating toward the original is guaranteed to be inside.
+        delta = delta * tf.minimum(eps64 / tf.maximum(norm, _TINY), 1.0)
+        nearest = tf.round(delta)
+        toward = tf.sign(delta) * tf.floor(tf.abs(delta))
+        outward = tf.abs(nearest) > tf.abs(toward)
+        # Rounding a pixel toward the original instead of away from it saves
+        # |r|^2 - (|r| - 1)^2 = 2|r| - 1 of squared norm. When rounding to
+        # nearest leaves the ball, the pixels with the largest |r| are rounded
+        # toward the original, just enough of them to get back inside: all
+        # those above a threshold magnitude m*, and among those at m*, the
+        # ones whose fraction was closest to one half (least change).
+        magnitude = tf.cast(tf.abs(nearest), tf.int32)  # 0 ... 255
+        excess = tf.reduce_sum(tf.square(nearest), axis=1) - tf.square(eps64)
+        saving = tf.where(outward, 2.0 * tf.abs(nearest) - 1.0, tf.zeros_like(nearest))
+        per_magnitude = _row_histogram(magnitude, saving, 256)
+        # saved_from[m]: saving of switching every outward pixel with |r| >= m.
+        saved_from = tf.concat(
+            [tf.math.cumsum(per_magnitude, axis=1, reverse=True), tf.zeros([batch, 1], tf.float64)], axis=1
+        )
+        threshold = tf.reduce_sum(tf.cast(saved_from[:, :256] >= excess[:, None], tf.int32), axis=1) - 1
+        threshold = tf.clip_by_value(threshold, 1, 255)
+        above = tf.gather(saved_from, threshold + 1, axis=1, batch_dims=1)
+        needed = tf.math.ceil((excess - above) / (2.0 * tf.cast(threshold, tf.float64) - 1.0))
+        at_threshold = outward & tf.equal(magnitude, threshold[:, None])
+        # How far past one half each fraction was, in 256 bins of [0, 0.5).
+        past_half = tf.abs(delta) - tf.abs(toward) - 0.5
+        bins = tf.clip_by_value(tf.cast(tf.floor(past_half * 512.0), tf.int32), 0, 255)
+        per_bin = tf.math.cumsum(_row_histogram(bins, tf.cast(at_threshold, tf.float64), 256), axis=1)
+        last_bin = tf.minimum(tf.reduce_sum(tf.cast(per_bin < needed[:, None], tf.int32), axis=1), 255)
+        # Ties in the last bin: the first ones in scan order, exactly as many as still needed.
+        before_last = tf.gather(tf.pad(per_bin, [[0, 0], [1, 0]]), last_bin, axis=1, batch_dims=1)
+        in_last = at_threshold & tf.equal(bins, last_bin[:, None])
+        rank = tf.math.cumsum(tf.cast(in_last, tf.float64), axis=1)
+        chosen = (at_threshold & (bins < last_bin[:, None])) | (in_last & (rank <= (needed - before_last)[:, None]))
+        switch = (excess > 0)[:, None] & ((outward & (magnitude > threshold[:, None])) | chosen)
+        rounded = tf.where(switch, toward, nearest)
+        return tf.reshape(tf.reshape(tf.cast(x0, tf.float64), [batch, -1]) + rounded, shape)
+
+
+def _row_histogram(bins: tf.Tensor, weights: tf.Tensor, num_bins: int) -> tf.Tensor:
+    """Per row of `bins` (int, `[batch, n]`), the sum of `weights` in each bin."""
+    batch = tf.shape(bins)[0]
+    segments = bins + num_bins * tf.range(batch)[:, None]
+    sums = tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), tf.reshape(segments, [-1]), batch * num_bins)
+    return tf.reshape(sums, [batch, num_bins])
+
+
+_NORMS: dict[str, _Norm] = {"inf": _LinfNorm(), "2": _L2Norm()}
+
+
+def norm_name(norm: str | int | float) -> str:
+    """Canonical name of a norm: `"inf"` (also `np.inf`, `"linf"`) or `"2"` (also `2`, `"l2"`)."""
+    if isinstance(norm, bool):
+        raise ValueError(f"Expected norm in {NORMS}. Received: norm={norm!r}")
+    if isinstance(norm, (int, float, np.number)):
+        if math.isinf(norm) and norm > 0:
+            return "inf"
+        if norm == 2:
+            return "2"
+    elif isinstance(norm, str) and norm.strip().lower() in _NORM_ALIASES:
+        return _NORM_ALIASES[norm.strip().lower()]
+    raise ValueError(f"Expected norm in {NORMS} (or np.inf, 2, 'linf', 'l2'). Received: norm={norm!r}")
+
+
+def perturbation_norms(originals, adversarials) -> tuple[np.ndarray, np.ndarray]:
+    """L-inf and L2 norms of `adversarials - originals`, per image, in pixel units.
+
+    Computed in float64, so they are exact for uint8 images.
+
+    Returns:
+        `(linf, l2)`, two float64 arrays of shape `(batch,)`.
+    """
+    a = np.asarray(originals, np.float64)
+    b = np.asarray(adversarials, np.float64)
+    if a.shape != b.shape or a.ndim < 2:
+        raise ValueError(
+            f"Expected two batches of images of the same shape. Received shapes {a.shape} and {b.shape}"
+        )
+    delta = (b - a).reshape(len(a), -1)
+    if delta.shape[1] == 0:
+        return np.zeros(len(a)), np.zeros(len(a))
+    return np.abs(delta).max(axis=1), np.sqrt(np.square(delta).sum(axis=1))
+
+
+# --------------------------------------------------------------------------
+# Criteria: what counts as success.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Misclassification:
+    """Untargeted: an image succeeds when its predicted class is not its label.
+
+    Attributes:
+        labels: the true class of each image (one int for all). Defaults to
+            `None`: the model's own predictions on the original images, which
+            avoids "label leaking" (Kurakin et al. 2017) and is what
+            "the prediction changed" means for images without labels.
+    """
+
+    labels: int | Sequence[int] | np.ndarray | None = None
+    targeted: ClassVar[bool] = False
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TargetedMisclassification:
+    """Targeted: an image succeeds when the model predicts its target class.
+
+    Attributes:
+        target_classes: the target class of each image (one int for all).
+    """
+
+    target_classes: int | Sequence[int] | np.ndarray
+    targeted: ClassVar[bool] = True
+
+
+Criterion = Misclassification | TargetedMisclassification
+
+
+def _broadcast_classes(values, n: int, num_classes: int, what: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        if not (np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array))):
+            raise ValueError(f"Expected integer class indices for {what}. Received: {values!r}")
+    array = np.broadcast_to(array.astype(np.int64), (n,)) if array.ndim == 0 else array.astype(np.int64)
+    if array.shape != (n,):
+        raise ValueError(f"Expected one class per image ({n}) or one for all for {what}. Received shape {array.shape}")
+    if array.size and (array.min() < 0 or array.max() >= num_classes):
+        bad = array[(array < 0) | (array >= num_classes)][0]
+        raise ValueError(f"Class index out of range for {what}: expected 0 <= class < {num_classes}. Received: {bad}")
+    return array.astype(np.int32)
+
+
+def resolve_criterion(
+    criterion: Criterion | None,
+    model: keras.Model,
+    images,
+    *,
+    batch_size: int = 32,
+) -> tuple[bool, np.ndarray]:
+    """`(targeted, classes)` of a criterion for `images` on `model`.
+
+    `classes` holds the target class (targeted) or the class to move away from
+    (untargeted) of every image; `Misclassification()` without labels uses the
+    model's predictions on `images`.
+    """
+    criterion = Misclassification() if criterion is None else criterion
+    if not isinstance(criterion, (Misclassification, TargetedMisclassification)):
+        raise TypeError(
+            "Expected criterion to be Misclassification(labels) or TargetedMisclassification(targets). "
+            f"Received: criterion={criterion!r}"
+        )
+    logits_model = _logits_model(model)
+    num_classes = int(logits_model.outputs[0].shape[-1])
+    n = len(images)
+    if isinstance(criterion, TargetedMisclassification):
+        return True, _broadcast_classes(criterion.target_classes, n, num_classes, "target_classes")
+    if criterion.labels is None:
+        return False, np.argmax(predict_logits(model, images, batch_size=batch_size), axis=1).astype(np.int32)
+    return False, _broadcast_classes(criterion.labels, n, num_classes, "labels")
+
+
+def is_adversarial(logits, classes, *, targeted: bool) -> np.ndarray:
+    """Whether each prediction meets the criterion (`argmax == target` or `argmax != label`)."""
+    predicted = np.argmax(np.asarray(logits), axis=-1)
+    classes = np.asarray(classes)
+    return predicted == classes if targeted else predicted != classes
+
+
+# --------------------------------------------------------------------------
+# Compiled functions, cached per model.
+# --------------------------------------------------------------------------
+
+# model -> (logits model, {key: compiled function}). Weak keys, and the
+# functions hold the logits model only through a weak reference (their graphs
+# capture its variables), so a dropped model is freed with its functions.
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _entry(model: keras.Model) -> tuple[keras.Model, dict]:
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected a keras.Model. Received: model of type {type(model).__name__}")
+    entry = _CACHE.get(model)
+    if entry is None:
+        logits_model = models_lib.as_logits_model(model)
+        entry = (logits_model, {})
+        _CACHE[model] = entry
+    return entry
+
+
+def _logits_model(model: keras.Model) -> keras.Model:
+    return _entry(model)[0]
+
+
+def _image_spec(logits_model: keras.Model) -> tf.TensorSpec:
+    shape = tuple(logits_model.inputs[0].shape)
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"Expected a model taking RGB images (batch, height, width, 3). Received: input shape {shape}")
+    return tf.TensorSpec((None, *shape[1:]), tf.float32)
+
+
+def _forward_fn(model: keras.Model) -> Callable:
+    logits_model, fns = _entry(model)
+    if "forward" not in fns:
+        ref = weakref.ref(logits_model)
+
+        @tf.function(input_signature=[_image_spec(logits_model)])
+        def forward(x):
+            return tf.cast(ref()(x, training=False), tf.float32)
+
+        fns["forward"] = forward
+    return fns["forward"]
+
+
+def predict_logits(model: keras.Model, images, *, batch_size: int = 32) -> np.ndarray:
+    """Logits of `images` (pixels in [0, 255], any dtype), in batches.
+
+    A model ending in softmax gives its pre-softmax logits.
+
+    Args:
+        model: a classifier taking RGB pixels in [0, 255].
+        images: array `(batch, height, width, 3)`.
+        batch_size: images per forward pass. Defaults to `32`.
+
+    Returns:
+        float32 array `(batch, num_classes)`.
+    """
+    _check_batch_size(batch_size)
+    forward = _forward_fn(model)
+    images = np.asarray(images)
+    outputs = [
+        forward(tf.constant(images[i : i + batch_size], tf.float32)).numpy() for i in range(0, len(images), batch_size)
+    ]
+    if not outputs:
+        num_classes = int(_logits_model(model).outputs[0].shape[-1])
+        return np.zeros((0, num_classes), np.float32)
+    return np.concatenate(outputs)
+
+
+def _objective(logits: tf.Tensor, classes: tf.Tensor, *, kind: str, targeted: bool) -> tf.Tensor:
+    """The per-image value each step ascends."""
+    if kind == "crossentropy":
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=classes, logits=logits)
+        return -ce if targeted else ce
+    if kind == "logit":
+        score = tf.gather(logits, classes, axis=1, batch_dims=1)
+    else:  # log_prob
+        score = tf.gather(tf.nn.log_softmax(logits, axis=-1), classes, axis=1, batch_dims=1)
+    return score if targeted else -score
+
+
+def _success(logits: tf.Tensor, classes: tf.Tensor, targeted: bool) -> tf.Tensor:
+    predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return tf.equal(predicted, classes) if targeted else tf.not_equal(predicted, classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How an attack runs the shared loop."""
+
+    norm: str
+    eps: float  # math.inf for unbounded
+    steps: int
+    step_size: float
+    random_start: bool
+    early_stop: bool
+    quantize: bool
+    objective: str  # crossentropy | logit | log_prob
+    direction: str  # "norm": the norm's steepest direction; "rms": gradient / its RMS
+
+    @property
+    def key(self) -> tuple:
+        return (self.norm, self.quantize, self.objective, self.direction)
+
+
+def _step_fns(model: keras.Model, plan: _Plan, targeted: bool) -> tuple[Callable, Callable]:
+    logits_model, fns = _entry(model)
+    key = ("attack", *plan.key, targeted)
+    if key in fns:
+        return fns[key]
+    ref = weakref.ref(logits_model)
+    norm = _NORMS[plan.norm]
+    image = _image_spec(logits_model)
+    classes = tf.TensorSpec((None,), tf.int32)
+    scalar = tf.TensorSpec((), tf.float32)
+
+    def rounded(x, x0, eps, radius):
+        return tf.cast(norm.quantize(x, x0, eps, radius), tf.float32) if plan.quantize else x
+
+    @tf.function(reduce_retracing=True)
+    def step(pool_x, pool_x0, pool_cls, eps, radius, step_size):
+        # The pool lives in variables updated in place, so a step moves no
+        # image between Python and TensorFlow; only new and finished images do.
+        x, x0, cls = pool_x.read_value(), pool_x0.read_value(), pool_cls.read_value()
+        # The model sees (and success is judged on) the rounded image; the
+        # float iterate x accumulates the steps, so steps smaller than one
+        # grey level still add up.
+        seen = rounded(x, x0, eps, radius)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(seen)
+            logits = tf.cast(ref()(seen, training=False), tf.float32)
+            # Images are independent (inference mode), so the gradient of the
+            # sum is each image's own gradient.
+            total = tf.reduce_sum(_objective(logits, cls, kind=plan.objective, targeted=targeted))
+        grad = tape.gradient(total, seen)
+        if plan.direction == "rms":
+            rms = tf.sqrt(tf.reduce_mean(tf.square(grad), axis=tf.range(1, tf.rank(grad)), keepdims=True))
+            move = grad / tf.maximum(rms, _TINY)
+        else:
+            move = norm.direction(grad)
+        # Projecting onto the ball and then clipping to [0, 255] stays in the
+        # ball: x0 is in the box, so clipping only shrinks |x - x0|.
+        pool_x.assign(tf.clip_by_value(x0 + norm.project(x + step_size * move - x0, eps), PIXEL_MIN, PIXEL_MAX))
+        return seen, logits, _success(logits, cls, targeted)
+
+    @tf.function(input_signature=[image, image, classes, scalar, scalar])
+    def evaluate(x, x0, cls, eps, radius):
+        seen = rounded(x, x0, eps, radius)
+        logits = tf.cast(ref()(seen, training=False), tf.float32)
+        return seen, logits, _success(logits, cls, targeted)
+
+    fns[key] = (step, evaluate)
+    return fns[key]
+
+
+# --------------------------------------------------------------------------
+# Results.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AttackResult:
+    """What an attack returns.
+
+    Attributes:
+        adversarial: the adversarial images, uint8 when the attack quantizes
+            (the default), else float32; same shape as the input.
+        success: bool `(batch,)`, whether each returned image meets the
+            criterion (judged on `adversarial` itself).
+        logits: float32 `(batch, num_classes)`, the model's logits on
+            `adversarial`.
+        classes: int32 `(batch,)`, the target class of each image (targeted)
+            or the class it had to leave (untargeted).
+        targeted: whether the criterion was targeted.
+        gradient_steps: int32 `(batch,)`, forward-and-backward passes spent
+            on each image (an image that succeeds at its k-th look costs k).
+        seconds: wall time of the attack (compilation included on a model's
+            first attack).
+    """
+
+    adversarial: np.ndarray
+    success: np.ndarray
+    logits: np.ndarray
+    classes: np.ndarray
+    targeted: bool
+    gradient_steps: np.ndarray
+    seconds: float
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean(self.success)) if len(self.success) else float("nan")
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return np.argmax(self.logits, axis=-1)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return _softmax(self.logits)
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.success) / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _softmax(logits) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# Attacks.
+# --------------------------------------------------------------------------
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"Expected batch_size to be an int >= 1. Received: batch_size={batch_size!r}")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check(ok: bool, obj, name: str, valid: str) -> None:
+    if not ok:
+        raise ValueError(f"Expected {name} {valid}. Received: {name}={getattr(obj, name)!r}")
+
+
+def _as_images(images, model: keras.Model, *, quantize: bool) -> np.ndarray:
+    array = np.asarray(images)
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(
+            f"Expected a batch of RGB images of shape (batch, height, width, 3). Received shape {array.shape}"
+        )
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"Expected images of an integer or float dtype. Received dtype {array.dtype}")
+    expected = tuple(_logits_model(model).inputs[0].shape[1:3])
+    if any(e is not None and e != s for e, s in zip(expected, array.shape[1:3])):
+        raise ValueError(
+            f"The model takes {expected[0]}x{expected[1]} images. Received images of shape {array.shape}; "
+            "resize them first (keras_transfer.data.load_image_files does)."
+        )
+    x = array.astype(np.float32)
+    if x.size:
+        if not np.all(np.isfinite(x)):
+            raise ValueError("Expected finite pixel values. Received images with NaN or infinite values.")
+        low, high = float(x.min()), float(x.max())
+        if low < PIXEL_MIN or high > PIXEL_MAX:
+            raise ValueError(
+                f"Expected pixels in [0, 255]. Received images with values in [{low}, {high}]; "
+                "models of this package take raw RGB pixels (preprocessing is inside the model)."
+            )
+        if quantize and not np.issubdtype(array.dtype, np.integer) and not np.all(x == np.round(x)):
+            frac = x[x != np.round(x)][0]
+            raise ValueError(
+                "quantize=True returns uint8 images inside the epsilon ball, which exists only around "
+                f"integer-valued originals. Received float images with fractional values (e.g. {frac}). "
+                "Round them first (np.round(images).astype(np.uint8)), or pass quantize=False to attack "
+                "them as floats and get float32 results."
+            )
+    return x
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _GradientAttack(abc.ABC):
+    """The loop shared by every attack; subclasses only describe a `_Plan`."""
+
+    quantize: bool = True
+    name: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def _plan(self) -> _Plan: ...
+
+    def describe(self) -> str:
+        """A one-line summary, e.g. `"PGD L-inf eps=4, 10 steps of 1"`."""
+        plan = self._plan()
+        norm = "L-inf" if plan.norm == "inf" else "L2"
+        bound = f"eps={plan.eps:g}" if math.isfinite(plan.eps) else "unbounded"
+        return f"{self.name} {norm} {bound}, {plan.steps} step{'s' * (plan.steps != 1)} of {plan.step_size:g}"
+
+    def __call__(
+        self,
+        model: keras.Model,
+        images,
+        criterion: Criterion | None = None,
+        *,
+        batch_size: int = 32,
+        seed: int | None = 0,
+        verbose: int = 0,
+    ) -> AttackResult:
+        """Attacks a batch of images.
+
+        Args:
+            model: a classifier taking RGB pixels in [0, 255] and returning
+                one score vector per image (logits; a final softmax is
+                removed).
+            images: array `(batch, height, width, 3)` of pixels in [0, 255];
+                uint8 (or integer-valued floats) when `quantize=True`.
+            criterion: `TargetedMisclassification(target_classes)` or
+                `Misclassification(labels)`. Defaults to `None`:
+                `Misclassification()`, i.e. change the model's prediction.
+            batch_size: images attacked at once. Defaults to `32`.
+            seed: seed of the random start; equal seeds give equal results.
+                Defaults to `0`.
+            verbose: 1 shows a progress bar. Defaults to `0`.
+
+        Returns:
+            An `AttackResult`.
+        """
+        _check_batch_size(batch_size)
+        if seed is not None and (not _is_int(seed) or seed < 0):
+            raise ValueError(f"Expected seed to be None or an int >= 0. Received: seed={seed!r}")
+        plan = self._plan()
+        start = time.perf_counter()
+        x0 = _as_images(images, model, quantize=plan.quantize)
+        targeted, classes = resolve_criterion(criterion, model, x0, batch_size=batch_size)
+        adversarial, logits, success, steps = _run(model, x0, classes, targeted, plan, batch_size, seed, verbose)
+        if plan.quantize:
+            adversarial = adversarial.astype(np.uint8)
+        return AttackResult(
+            adversarial=adversarial,
+            success=success,
+            logits=logits,
+            classes=classes,
+            targeted=targeted,
+            gradient_steps=steps,
+            seconds=time.perf_counter() - start,
+        )
+
+
+def _run(
+    model: keras.Model,
+    x0: np.ndarray,
+    classes: np.ndarray,
+    targeted: bool,
+    plan: _Plan,
+    batch_size: int,
+    seed: int | None,
+    verbose: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The shared loop: a pool of `batch_size` slots, each refilled as its image finishes."""
+    step, evaluate = _step_fns(model, plan, targeted)
+    num_classes = int(_logits_model(model).outputs[0].shape[-1])
+    n = len(x0)
+    eps = tf.constant(plan.eps, tf.float32)
+    radius = tf.constant(math.floor(plan.eps) if math.isfinite(plan.eps) else math.inf, tf.float32)
+    step_size = tf.constant(plan.step_size, tf.float32)
+    norm = _NORMS[plan.norm]
+    base_seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
+
+    adversarial = np.empty_like(x0)
+    logits_out = np.zeros((n, num_classes), np.float32)
+    success = np.zeros(n, bool)
+    spent = np.zeros(n, np.int32)
+    budget_spent: list[int] = []  # images whose last iterate still needs a look
+
+    capacity = min(batch_size, n)
+    if capacity == 0:
+        return adversarial, logits_out, success, spent
+    spec = [None, *x0.shape[1:]]
+    pool_x = tf.Variable(tf.zeros([capacity, *x0.shape[1:]]), shape=spec, trainable=False)
+    pool_x0 = tf.Variable(tf.zeros([capacity, *x0.shape[1:]]), shape=spec, trainable=False)
+    pool_cls = tf.Variable(tf.zeros([capacity], tf.int32), shape=[None], trainable=False)
+    slot_image = np.full(capacity, -1)  # which image each slot of the pool holds
+    next_image = 0
+    progbar = keras.utils.Progbar(n) if verbose else None
+    finished = 0
+
+    while True:
+        free = np.flatnonzero(slot_image < 0)
+        if free.size and next_image < n:
+            # Refill free slots in image order.
+            slots = free[: n - next_image]
+            new = np.arange(next_image, next_image + slots.size)
+            next_image += slots.size
+            starts = x0[new]
+            if plan.random_start:
+                # One generator per image: its start depends only on the seed
+                # and its index, not on the batch size.
+                noise = np.concatenate(
+                    [norm.sample(np.random.default_rng([base_seed, int(i)]), (1, *x0.shape[1:]), plan.eps) for i in new]
+                )
+                starts = np.clip(starts + noise, PIXEL_MIN, PIXEL_MAX, out=noise)
+            where = tf.constant(slots[:, None], tf.int32)
+            pool_x.scatter_nd_update(where, starts)
+            pool_x0.scatter_nd_update(where, x0[new])
+            pool_cls.scatter_nd_update(where, classes[new])
+            slot_image[slots] = new
+            free = np.flatnonzero(slot_image < 0)
+        if free.size:
+            # No image left to start: shrink the pool to the images still running.
+            keep = np.flatnonzero(slot_image >= 0)
+            if keep.size == 0:
+                break
+            pool_x = tf.Variable(tf.gather(pool_x, keep), shape=spec, trainable=False)
+            pool_x0 = tf.Variable(tf.gather(pool_x0, keep), shape=spec, trainable=False)
+            pool_cls = tf.Variable(tf.gather(pool_cls, keep), shape=[None], trainable=False)
+            slot_image = slot_image[keep]
+        seen, logits, ok = step(pool_x, pool_x0, pool_cls, eps, radius, step_size)
+        ok = ok.numpy() & plan.early_stop
+        spent[slot_image] += 1
+        out_of_budget = ~ok & (spent[slot_image] >= plan.steps)
+        if ok.any():
+            rows = np.flatnonzero(ok)
+            adversarial[slot_image[rows]] = tf.gather(seen, rows).numpy()
+            logits_out[slot_image[rows]] = tf.gather(logits, rows).numpy()
+            success[slot_image[rows]] = True
+        if out_of_budget.any():
+            rows = np.flatnonzero(out_of_budget)
+            adversarial[slot_image[rows]] = tf.gather(pool_x, rows).numpy()
+            budget_spent.extend(slot_image[rows].tolist())
+        done = ok | out_of_budget
+        slot_image[done] = -1
+        if progbar is not None:
+            finished += int(done.sum())
+            progbar.update(finished)
+
+    # One look (forward only) at the last iterate of images that used every step.
+    budget_spent_arr = np.asarray(budget_spent, np.int64)
+    for b in range(0, len(budget_spent_arr), batch_size):
+        idx = budget_spent_arr[b : b + batch_size]
+        seen, logits, ok = evaluate(
+            tf.constant(adversarial[idx]), tf.constant(x0[idx]), tf.constant(classes[idx]), eps, radius
+        )
+        adversarial[idx] = seen.numpy()
+        logits_out[idx] = logits.numpy()
+        success[idx] = ok.numpy()
+    return adversarial, logits_out, success, spent
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FGSM(_GradientAttack):
+    """Fast gradient sign method: one step of size `eps` (Goodfellow et al. 2015).
+
+    With `norm="2"` this is the fast gradient method (a step of L2 length
+    `eps` along the gradient).
+
+    Attributes:
+        norm: `"inf"` or `"2"`. Defaults to `"inf"`.
+        eps: radius of the ball, in pixel units of the [0, 255] input.
+        quantize: return uint8 images, judged after rounding (see the module
+            docstring). Defaults to `True`.
+    """
+
+    norm: str = "inf"
+    eps: float
+    name: ClassVar[str] = "FGSM"
+
+    def __post_init__(self):
+        object.__setattr__(self, "norm", norm_name(self.norm))
+        _check(_is_real(self.eps) and self.eps > 0, self, "eps", "to be a finite number > 0 (pixel units)")
+
+    def _plan(self) -> _Plan:
+        return _Plan(
+            norm=self.norm,
+            eps=float(self.eps),
+            steps=1,
+            step_size=float(self.eps),
+            random_start=False,
+            # An image already adversarial is left as it is; the single step
+            # could undo that.
+            early_stop=True,
+            quantize=self.quantize,
+            objective="crossentropy",
+            direction="norm",
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PGD(_GradientAttack):
+    """Projected gradient descent (Madry et al. 2018) on the cross-entropy.
+
+    Every step moves by `step_size` along the norm's steepest direction
+    (the sign of the gradient for L-inf, the normalized gradient for L2),
+    projects back into the ball of radius `eps` around the original and clips
+    to [0, 255].
+
+    Attributes:
+        norm: `"inf"` or `"2"`. Defaults to `"inf"`.
+        eps: radius of the ball, in pixel units of the [0, 255] input.
+        steps: maximum number of steps per image. Defaults to `10`.
+        step_size: length of a step in pixel units. Defaults to `None`:
+            `2.5 * eps / steps` (Madry et al.), which can cross the ball.
+        random_start: start from a uniform random point of the ball.
+            Defaults to `True` (`BIM` is PGD without it).
+        early_stop: stop each image as soon as it meets the criterion (a
+            smaller perturbation, and no wasted work). `False` runs every
+            step and returns the last iterate. Defaults to `True`.
+        quantize: return uint8 images, judged after rounding (see the module
+            docstring). Defaults to `True`.
+    """
+
+    norm: str = "inf"
+    eps: float
+    steps: int = 10
+    step_size: float | None = None
+    random_start: bool = True
+    early_stop: bool = True
+    name: ClassVar[str] = "PGD"
+
+    def __post_init__(self):
+        object.__setattr__(self, "norm", norm_name(self.norm))
+        _check(_is_real(self.eps) and self.eps > 0, self, "eps", "to be a finite number > 0 (pixel units)")
+        _check(_is_int(self.steps) and self.steps >= 1, self, "steps", "to be an int >= 1")
+        _check(
+            self.step_size is None or (_is_real(self.step_size) and self.step_size > 0),
+            self,
+            "step_size",
+            "to be None or a finite number > 0 (pixel units)",
+        )
+
+    @property
+    def effective_step_size(self) -> float:
+        return float(self.step_size) if self.step_size is not None else 2.5 * float(self.eps) / self.steps
+
+    def _plan(self) -> _Plan:
+        return _Plan(
+            norm=self.norm,
+            eps=float(self.eps),
+            steps=int(self.steps),
+            step_size=self.effective_step_size,
+            random_start=bool(self.random_start),
+            early_stop=bool(self.early_stop),
+            quantize=self.quantize,
+            objective="crossentropy",
+            direction="norm",
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BIM(PGD):
+    """Basic iterative method (Kurakin et al. 2016): `PGD` starting at the original."""
+
+    random_start: bool = False
+    name: ClassVar[str] = "BIM"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LessonAttack(_GradientAttack):
+    """The lesson's attack: gradient ascent on the target's class score, unbounded.
+
+    The class-visualization loop started from a photo instead of noise: each
+    step adds the gradient of the target class score (normalized to an RMS of
+    `step_size` pixel levels) and clips to [0, 255], until the model predicts
+    the target. Nothing bounds the total change, which is the point of the
+    comparison with `PGD`. Untargeted, it descends the score of the image's
+    class instead.
+
+    Attributes:
+        steps: maximum number of steps per image. Defaults to `100`.
+        step_size: RMS change of one step, in pixel units. Defaults to `1.0`.
+        objective: `"logit"` (the raw class score, as class visualization
+            uses) or `"log_prob"`. Defaults to `"logit"`.
+        eps: optional bound, to compare with the bounded attacks at equal
+            budget. Defaults to `None` (unbounded).
+        norm: norm of `eps` when given. Defaults to `"inf"`.
+        early_stop: stop each image once it meets the criterion. Defaults to
+            `True`.
+        quantize: return uint8 images, judged after rounding. Defaults to
+            `True`.
+    """
+
+    steps: int = 100
+    step_size: float = 1.0
+    objective: str = "logit"
+    eps: float | None = None
+    norm: str = "inf"
+    early_stop: bool = True
+    name: ClassVar[str] = "Lesson"
+
+    def __post_init__(self):
+        object.__setattr__(self, "norm", norm_name(self.norm))
+        _check(_is_int(self.steps) and self.steps >= 1, self, "steps", "to be an int >= 1")
+        _check(_is_real(self.step_size) and self.step_size > 0, self, "step_size", "to be a finite number > 0")
+        _check(self.objective in LESSON_OBJECTIVES, self, "objective", f"in {LESSON_OBJECTIVES}")
+        _check(
+            self.eps is None or (_is_real(self.eps) and self.eps > 0),
+            self,
+            "eps",
+            "to be None (unbounded) or a finite number > 0 (pixel units)",
+        )
+
+    def _plan(self) -> _Plan:
+        return _Plan(
+            norm=self.norm,
+            eps=math.inf if self.eps is None else float(self.eps),
+            steps=int(self.steps),
+            step_size=float(self.step_size),
+            random_start=False,
+            early_stop=bool(self.early_stop),
+            quantize=self.quantize,
+            objective=self.objective,
+            direction="rms",
+        )
+
+
+Attack = FGSM | PGD | BIM | LessonAttack
+
+
+def make_attack(
+    name: str,
+    *,
+    norm: str | int | float = "inf",
+    eps: float | None = 4.0,
+    steps: int | None = None,
+    step_size: float | None = None,
+    random_start: bool | None = None,
+    early_stop: bool = True,
+    quantize: bool = True,
+) -> Attack:
+    """Builds an attack by name (for command lines and configs).
+
+    Args:
+        name: `"lesson"`, `"fgsm"`, `"pgd"` or `"bim"`.
+        norm: `"inf"` or `"2"`. Defaults to `"inf"`.
+        eps: radius in pixel units; `None` only for `"lesson"` (unbounded).
+            Defaults to `4.0`.
+        steps: steps of iterative attacks. Defaults to `None`: the attack's
+            default (10 for PGD/BIM, 100 for the lesson).
+        step_size: step length in pixel units. Defaults to `None`: the
+            attack's default.
+        random_start: PGD/BIM only; overrides the attack's default. Defaults
+            to `None`.
+        early_stop: stop each image at its first success (iterative
+            attacks). Defaults to `True`.
+        quantize: return uint8 images judged after rounding. Defaults to
+            `True`.
+    """
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in ATTACKS:
+        raise ValueError(f"Unknown attack. Expected one of {ATTACKS}. Received: name={name!r}")
+    kwargs: dict[str, Any] = {"norm": norm, "quantize": quantize}
+    if key != "fgsm" and steps is not None:
+        kwargs["steps"] = steps
+    if key != "fgsm" and step_size is not None:
+        kwargs["step_size"] = step_size
+    if key in ("pgd", "bim") and random_start is not None:
+        kwargs["random_start"] = random_start
+    if key != "fgsm":
+        kwargs["early_stop"] = early_stop
+    if key == "lesson":
+        return LessonAttack(eps=eps, **kwargs)
+    if eps is None:
+        raise ValueError(f"The {key!r} attack needs eps (pixel units). Received: eps=None")
+    if key == "fgsm":
+        if steps not in (None, 1):
+            raise ValueError(f"FGSM takes exactly one step. Received: steps={steps!r}")
+        if step_size is not None:
+            raise ValueError(f"FGSM's one step has length eps; do not pass a step size. Received: step_size={step_size!r}")
+        return FGSM(eps=eps, **kwargs)
+    return (PGD if key == "pgd" else BIM)(eps=eps, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# Metrics.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackMetrics:
+    """Summary of an attack on a batch.
+
+    Attributes:
+        num_images: images attacked.
+        success_rate: fraction meeting the criterion after the attack.
+        mean_linf, max_linf, mean_l2, max_l2: perturbation sizes over all
+            images, in pixel units.
+        mean_linf_success, mean_l2_success: the same over successful images
+            only (`nan` if none).
+        target_confidence: mean softmax probability of the target class
+            after the attack (targeted), or of the original class
+            (untargeted: lower is stronger).
+        prediction_confidence: mean top-1 probability after the attack.
+        already_adversarial: fraction meeting the criterion before any
+            change (`nan` when the clean logits were not given).
+    """
+
+    num_images: int
+    success_rate: float
+    mean_linf: float
+    max_linf: float
+    mean_l2: float
+    max_l2: float
+    mean_linf_success: float
+    mean_l2_success: float
+    target_confidence: float
+    prediction_confidence: float
+    already_adversarial: float
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def _mean(values) -> float:
+    values = np.asarray(values, np.float64)
+    return float(values.mean()) if values.size else float("nan")
+
+
+def attack_metrics(
+    *,
+    originals,
+    adversarials,
+    logits,
+    classes,
+    targeted: bool,
+    clean_logits=None,
+) -> AttackMetrics:
+    """Success rate, perturbation sizes and confidences of an attack.
+
+    Args:
+        originals: the images before the attack.
+        adversarials: the images after it.
+        logits: the model's logits on `adversarials`.
+        classes: target classes (targeted) or the classes to leave.
+        targeted: whether the criterion is targeted.
+        clean_logits: the model's logits on `originals`, to count the images
+            that were adversarial from the start. Defaults to `None`.
+    """
+    linf, l2 = perturbation_norms(originals, adversarials)
+    classes = np.asarray(classes)
+    success = is_adversarial(logits, classes, targeted=targeted)
+    probabilities = _softmax(logits) if len(classes) else np.zeros((0, 1))
+    target_p = probabilities[np.arange(len(classes)), classes] if len(classes) else np.zeros(0)
+    already = float("nan")
+    if clean_logits is not None:
+        already = _mean(is_adversarial(clean_logits, classes, targeted=targeted))
+    return AttackMetrics(
+        num_images=int(len(classes)),
+        success_rate=_mean(success),
+        mean_linf=_mean(linf),
+        max_linf=float(linf.max()) if linf.size else float("nan"),
+        mean_l2=_mean(l2),
+        max_l2=float(l2.max()) if l2.size else float("nan"),
+        mean_linf_success=_mean(linf[success]),
+        mean_l2_success=_mean(l2[success]),
+        target_confidence=_mean(target_p),
+        prediction_confidence=_mean(probabilities.max(axis=-1)) if len(classes) else float("nan"),
+        already_adversarial=already,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferMetrics:
+    """How adversarial images made for one model fare on another.
+
+    Attributes:
+        num_images: images scored.
+        success_rate: fraction of adversarial images that meet the criterion
+            on the second model.
+        clean_rate: fraction of the original images that already meet it on
+            the second model (the baseline to compare with).
+        success_rate_given_source_success: `success_rate` among the images
+            that fooled the source model (`nan` when not given or none).
+    """
+
+    num_images: int
+    success_rate: float
+    clean_rate: float
+    success_rate_given_source_success: float
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def transfer_metrics(
+    model: keras.Model,
+    *,
+    originals,
+    adversarials,
+    criterion: Criterion,
+    source_success=None,
+    batch_size: int = 32,
+) -> tuple[TransferMetrics, np.ndarray, np.ndarray]:
+    """Scores adversarial images on a second model.
+
+    The criterion is in the second model's label space: e.g.
+    `TargetedMisclassification(cat_index)` for "the second model calls it a
+    cat", or `Misclassification()` for "its prediction changed" (its own
+    predictions on `originals` are then the reference).
+
+    Args:
+        model: the second model.
+        originals: the clean images.
+        adversarials: the adversarial images made on another model.
+        criterion: success in the second model's label space.
+        source_success: bool per image, success on the source model.
+            Defaults to `None`.
+        batch_size: images per forward pass. Defaults to `32`.
+
+    Returns:
+        `(metrics, clean_logits, adversarial_logits)` of the second model.
+    """
+    targeted, classes = resolve_criterion(criterion, model, originals, batch_size=batch_size)
+    clean = predict_logits(model, originals, batch_size=batch_size)
+    adv = predict_logits(model, adversarials, batch_size=batch_size)
+    ok = is_adversarial(adv, classes, targeted=targeted)
+    given = float("nan")
+    if source_success is not None:
+        source_success = np.asarray(source_success, bool)
+        given = _mean(ok[source_success])
+    metrics = TransferMetrics(
+        num_images=int(len(classes)),
+        success_rate=_mean(ok),
+        clean_rate=_mean(is_adversarial(clean, classes, targeted=targeted)),
+        success_rate_given_source_success=given,
+    )
+    return metrics, clean, adv
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustAccuracy:
+    """Accuracy of a model under attack, for several budgets.
+
+    Attributes:
+        epsilons: the budgets, in pixel units (0 = no attack).
+        accuracy: fraction of images classified correctly after the attack
+            at each budget (an image counts as correct only when the clean
+            image is correct and the attack fails).
+        clean_accuracy: accuracy on the unmodified images.
+        num_images: images evaluated.
+        attack: description of the attack (`eps` varies).
+        seconds: wall time of the whole sweep.
+    """
+
+    epsilons: tuple[float, ...]
+    accuracy: tuple[float, ...]
+    clean_accuracy: float
+    num_images: int
+    attack: str
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _materialize(data, labels) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(data, tf.data.Dataset):
+        if labels is not None:
+            raise ValueError("Pass labels only with an image array; a dataset yields (images, labels) itself.")
+        xs, ys = [], []
+        for element in data.as_numpy_iterator():
+            if not isinstance(element, tuple) or len(element) < 2:
+                raise ValueError("Expected a dataset of (images, labels). Received elements that are not pairs.")
+            x, y = element[0], element[1]
+            if np.ndim(x) == 3:
+                x, y = x[None], np.reshape(y, (1,))
+            xs.append(np.asarray(x))
+            ys.append(np.asarray(y).reshape(-1))
+        if not xs:
+            raise ValueError("The dataset is empty.")
+        return np.concatenate(xs), np.concatenate(ys)
+    if labels is None:
+        raise ValueError("Pass labels with an image array (or a tf.data.Dataset of (images, labels)).")
+    images = np.asarray(data)
+    labels = np.asarray(labels).reshape(-1)
+    if len(images) != len(labels):
+        raise ValueError(f"Expected one label per image. Received {len(images)} images and {len(labels)} labels.")
+    return images, labels
+
+
+def robust_accuracy(
+    model: keras.Model,
+    data,
+    labels=None,
+    *,
+    epsilons: Sequence[float],
+    attack: PGD | FGSM | None = None,
+    batch_size: int = 32,
+    seed: int | None = 0,
+    verbose: int = 0,
+) -> RobustAccuracy:
+    """Accuracy of `model` under an untargeted attack of each budget in `epsilons`.
+
+    Only correctly classified images are attacked (the others count as
+    errors at every budget), with early stopping, so the sweep costs little
+    more than the images the model gets right.
+
+    Args:
+        model: the classifier.
+        data: an array of images `(batch, h, w, 3)` in [0, 255], or a
+            `tf.data.Dataset` of `(images, labels)` (batched or not).
+        labels: true classes, with an image array. Defaults to `None`.
+        epsilons: the budgets in pixel units; `0` is the clean accuracy.
+        attack: the attack whose `eps` is varied. Defaults to `None`:
+            `PGD(norm="inf", eps=1, steps=10)` (step `2.5 * eps / steps`).
+        batch_size: images attacked at once. Defaults to `32`.
+        seed: seed of the random starts. Defaults to `0`.
+        verbose: 1 prints one line per budget. Defaults to `0`.
+    """
+    start = time.perf_counter()
+    epsilons = tuple(float(e) for e in epsilons)
+    if not epsilons or any(not math.isfinite(e) or e < 0 for e in epsilons):
+        raise ValueError(f"Expected finite epsilons >= 0. Received: epsilons={epsilons!r}")
+    attack = attack if attack is not None else PGD(norm="inf", eps=1.0, steps=10)
+    if not isinstance(attack, (PGD, FGSM)):
+        raise TypeError(f"Expected a PGD, BIM or FGSM attack. Received: attack={attack!r}")
+    images, y = _materialize(data, labels)
+    num_classes = int(_logits_model(model).outputs[0].shape[-1])
+    y = _broadcast_classes(y, len(images), num_classes, "labels")
+    clean = np.argmax(predict_logits(model, images, batch_size=batch_size), axis=1)
+    correct = clean == y
+    accuracies = []
+    for eps in epsilons:
+        if eps == 0 or not correct.any():
+            accuracy = _mean(correct)
+        else:
+            attack_eps = dataclasses.replace(attack, eps=eps)
+            result = attack_eps(
+                model, images[correct], Misclassification(y[correct]), batch_size=batch_size, seed=seed
+            )
+            accuracy = float((~result.success).sum()) / len(images)
+        accuracies.append(accuracy)
+        if verbose:
+            print(f"eps={eps:g}: robust accuracy {accuracy:.4f}", flush=True)
+    return RobustAccuracy(
+        epsilons=epsilons,
+        accuracy=tuple(accuracies),
+        clean_accuracy=_mean(correct),
+        num_images=int(len(images)),
+        attack=_sweep_description(attack),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _sweep_description(attack: PGD | FGSM) -> str:
+    plan = attack._plan()
+    norm = "L-inf" if plan.norm == "inf" else "L2"
+    if isinstance(attack, FGSM):
+        steps = "1 step of eps"
+    elif attack.step_size is None:
+        steps = f"{plan.steps} steps of 2.5*eps/{plan.steps}"
+    else:
+        steps = f"{plan.steps} steps of {plan.step_size:g}"
+    start = ", random start" if plan.random_start else ""
+    return f"{attack.name} {norm} untargeted, eps varies, {steps}{start}"

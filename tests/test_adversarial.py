@@ -1,0 +1,493 @@
+"""Adversarial attacks: invariants, success, logits handling, metrics, CLI, real weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from conftest import requires_shared
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import keras
+import tensorflow as tf
+
+from keras_transfer import adversarial as adv
+
+NUM_CLASSES = 3
+# Float results may exceed eps by float32 rounding of x0 + delta (< 1e-4 at 255).
+FLOAT_TOLERANCE = 1e-3
+
+
+def _synthetic(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Grey noise photos whose class is the brightest colour channel."""
+    labels = rng.integers(0, NUM_CLASSES, n)
+    images = rng.normal(128, 25, size=(n, size, size, 3))
+    images[np.arange(n), :, :, labels] += 12
+    return np.clip(np.round(images), 0, 255).astype(np.uint8), labels.astype(np.int32)
+
+
+def _tiny_model(*, input_size: int | None = None) -> keras.Model:
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, name="logits")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _train(model: keras.Model, size: int, seed: int = 0) -> keras.Model:
+    rng = np.random.default_rng(seed)
+    x, y = _synthetic(512, size, rng)
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.02),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x.astype("float32"), y, epochs=15, batch_size=64, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A trained tiny classifier that takes any image size, and held-out data."""
+    keras.utils.set_random_seed(0)
+    model = _train(_tiny_model(), 12)
+    x, y = _synthetic(64, 12, np.random.default_rng(1))
+    accuracy = float(np.mean(np.argmax(adv.predict_logits(model, x), axis=1) == y))
+    assert accuracy > 0.9, f"the tiny model should learn the brightest channel; accuracy {accuracy}"
+    return model, x, y
+
+
+def _check_invariants(result, originals, *, norm: str, eps: float | None, quantize: bool) -> None:
+    a = np.asarray(result.adversarial)
+    assert a.shape == originals.shape
+    assert a.dtype == (np.uint8 if quantize else np.float32)
+    assert np.all(np.isfinite(a.astype(np.float64)))
+    assert a.min() >= 0 and a.max() <= 255
+    if eps is not None:
+        linf, l2 = adv.perturbation_norms(originals, a)
+        size = linf if norm == "inf" else l2
+        tolerance = 0.0 if quantize else FLOAT_TOLERANCE
+        assert np.all(size <= eps + tolerance), (size.max(), eps)
+
+
+# ---------------------------------------------------------------------------
+# Invariants, for every attack, norm, epsilon, shape and criterion.
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    size=st.integers(8, 16),
+    batch=st.integers(1, 4),
+    norm=st.sampled_from(["inf", "2"]),
+    eps_scale=st.floats(0.05, 1.0),
+    attack_name=st.sampled_from(["lesson", "lesson_bounded", "fgsm", "pgd", "bim"]),
+    target=st.one_of(st.none(), st.integers(0, NUM_CLASSES - 1)),
+    quantize=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_results_stay_in_the_ball_and_pixel_range(tiny, size, batch, norm, eps_scale, attack_name, target, quantize, seed):
+    model = tiny[0]
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(batch, size, size, 3)).astype(np.uint8)
+    # Extremes (0 and 255) are where clipping and rounding matter.
+    images[:, : size // 3] = rng.choice(np.array([0, 255], np.uint8), size=(batch, size // 3, size, 3))
+    # Fractional radii included; L2 radii scaled to the image's dimension.
+    eps = eps_scale * (32.0 if norm == "inf" else 8.0 * np.sqrt(size * size * 3))
+    eps = float(np.round(eps, 2)) or 0.05
+    kwargs = dict(norm=norm, quantize=quantize)
+    attack = {
+        "lesson": lambda: adv.LessonAttack(steps=4, step_size=3.0, **kwargs),
+        "lesson_bounded": lambda: adv.LessonAttack(steps=4, step_size=3.0, eps=eps, **kwargs),
+        "fgsm": lambda: adv.FGSM(eps=eps, **kwargs),
+        "pgd": lambda: adv.PGD(eps=eps, steps=4, **kwargs),
+        "bim": lambda: adv.BIM(eps=eps, steps=4, step_size=eps / 2, **kwargs),
+    }[attack_name]()
+    criterion = adv.TargetedMisclassification(target) if target is not None else adv.Misclassification()
+    result = attack(model, images, criterion, batch_size=3, seed=seed)
+    bound = None if attack_name == "lesson" else eps
+    _check_invariants(result, images, norm=norm, eps=bound, quantize=quantize)
+    # Success is judged on the very images returned (after rounding).
+    logits = adv.predict_logits(model, result.adversarial)
+    np.testing.assert_array_equal(result.success, adv.is_adversarial(logits, result.classes, targeted=target is not None))
+    np.testing.assert_allclose(result.logits, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_linf_rounding_goes_toward_the_original_at_the_ball_edge():
+    x0 = np.full((1, 1, 1, 3), 100.0, np.float32)
+    x = x0 + np.array([2.5, -2.5, 1.7], np.float32).reshape(1, 1, 1, 3)
+    q = adv._NORMS["inf"].quantize(tf.constant(x), tf.constant(x0), tf.constant(2.5), tf.constant(2.0)).numpy()
+    np.testing.assert_array_equal(q.ravel(), [102, 98, 102])
+
+
+def test_l2_rounding_keeps_as_much_of_the_perturbation_as_fits():
+    # Six pixels at +0.6: nearest rounding gives norm sqrt(6) > eps = 1.5;
+    # the largest integer perturbation inside is two pixels at +1 (norm sqrt 2).
+    x0 = np.full((1, 1, 2, 3), 100.0, np.float32)
+    q = adv._NORMS["2"].quantize(tf.constant(x0 + 0.6), tf.constant(x0), tf.constant(1.5), tf.constant(1.0)).numpy()
+    delta = (q - x0).ravel()
+    assert sorted(delta.tolist()) == [0, 0, 0, 0, 1, 1]
+    # Inside the ball already: plain nearest rounding.
+    x = x0 + np.array([0.6, 0.7, 0.9, 0.55, 1.6, -2.6], np.float32).reshape(x0.shape)
+    q = adv._NORMS["2"].quantize(tf.constant(x), tf.constant(x0), tf.constant(10.0), tf.constant(10.0)).numpy()
+    np.testing.assert_array_equal((q - x0).ravel(), [1, 1, 1, 1, 2, -3])
+
+
+def test_uint8_output_still_fools_the_model_after_saving_as_png(tiny):
+    model, x, y = tiny
+    for norm, eps in (("inf", 6.0), ("2", 60.0)):
+        result = adv.PGD(norm=norm, eps=eps, steps=10)(model, x, adv.Misclassification(y), seed=0)
+        assert result.adversarial.dtype == np.uint8
+        # Save and reload as PNG: the decoded images are the returned ones, and still succeed.
+        reloaded = np.stack([tf.io.decode_png(tf.io.encode_png(a)).numpy() for a in result.adversarial])
+        np.testing.assert_array_equal(reloaded, result.adversarial)
+        again = adv.is_adversarial(adv.predict_logits(model, reloaded), y, targeted=False)
+        np.testing.assert_array_equal(again, result.success)
+
+
+def test_fractional_float_originals_are_rejected_with_quantize_and_accepted_without(tiny):
+    model = tiny[0]
+    images = np.full((1, 12, 12, 3), 100.25, np.float32)
+    with pytest.raises(ValueError, match="integer-valued originals"):
+        adv.PGD(eps=2.0)(model, images)
+    result = adv.PGD(eps=2.0, quantize=False, steps=2)(model, images)
+    assert result.adversarial.dtype == np.float32
+    assert np.abs(result.adversarial - images).max() <= 2.0 + FLOAT_TOLERANCE
+    # Integer-valued floats are fine with quantize.
+    assert adv.PGD(eps=2.0, steps=1)(model, np.round(images)).adversarial.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: adv.PGD(eps=-1), "Received: eps=-1"),
+        (lambda: adv.PGD(eps=4, steps=0), "Received: steps=0"),
+        (lambda: adv.PGD(eps=4, norm="l1"), "Received: norm='l1'"),
+        (lambda: adv.FGSM(eps=float("nan")), "Received: eps=nan"),
+        (lambda: adv.LessonAttack(objective="prob"), "Received: objective='prob'"),
+        (lambda: adv.make_attack("cw"), "Received: name='cw'"),
+        (lambda: adv.make_attack("fgsm", steps=5), "Received: steps=5"),
+    ],
+)
+def test_bad_arguments_say_what_is_valid(make, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        make()
+
+
+def test_bad_inputs_are_explained(tiny):
+    model = tiny[0]
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        adv.PGD(eps=2.0)(model, np.full((1, 12, 12, 3), 300, np.int32))
+    with pytest.raises(ValueError, match="out of range"):
+        adv.PGD(eps=2.0)(model, np.zeros((1, 12, 12, 3), np.uint8), adv.TargetedMisclassification(7))
+    with pytest.raises(ValueError, match="one class per image"):
+        adv.PGD(eps=2.0)(model, np.zeros((2, 12, 12, 3), np.uint8), adv.Misclassification([0, 1, 2]))
+
+
+# ---------------------------------------------------------------------------
+# Success on a trained model.
+
+
+def test_attacks_succeed_on_a_trained_model(tiny):
+    model, x, y = tiny
+    correct = np.argmax(adv.predict_logits(model, x), axis=1) == y
+    x, y = x[correct], y[correct]
+    untargeted = adv.PGD(eps=8.0, steps=10)(model, x, adv.Misclassification(y))
+    assert untargeted.success_rate >= 0.9
+    targets = (y + 1) % NUM_CLASSES
+    targeted = adv.PGD(eps=8.0, steps=20)(model, x, adv.TargetedMisclassification(targets))
+    assert targeted.success_rate >= 0.9
+    assert np.all(np.argmax(targeted.logits[targeted.success], axis=1) == targets[targeted.success])
+    # Early stopping: images stop as soon as they succeed.
+    assert targeted.gradient_steps.mean() < 20
+    # L2 and one-step FGSM work too; BIM (no random start) as well as PGD.
+    assert adv.PGD(norm="2", eps=150.0, steps=10)(model, x, adv.Misclassification(y)).success_rate >= 0.9
+    assert adv.BIM(eps=8.0, steps=10)(model, x, adv.Misclassification(y)).success_rate >= 0.9
+    assert adv.FGSM(eps=12.0)(model, x, adv.Misclassification(y)).success_rate >= 0.9
+    assert adv.FGSM(eps=2.0)(model, x, adv.Misclassification(y)).success_rate < 0.2
+    # The lesson's unbounded attack also gets there, with a larger perturbation than PGD needs.
+    lesson = adv.LessonAttack(steps=200, step_size=2.0)(model, x, adv.TargetedMisclassification(targets))
+    assert lesson.success_rate >= 0.9
+    lesson_linf, _ = adv.perturbation_norms(x, lesson.adversarial)
+    assert np.median(lesson_linf) > 8.0
+
+
+def test_more_budget_means_more_success_and_early_stop_costs_less(tiny):
+    model, x, y = tiny
+    rates = [adv.PGD(eps=e, steps=10)(model, x, adv.Misclassification(y)).success_rate for e in (1.0, 4.0, 16.0)]
+    assert rates[0] <= rates[1] <= rates[2]
+    assert rates[2] > rates[0]
+    full = adv.PGD(eps=16.0, steps=10, early_stop=False)(model, x, adv.Misclassification(y))
+    early = adv.PGD(eps=16.0, steps=10)(model, x, adv.Misclassification(y))
+    assert np.all(full.gradient_steps == 10)
+    assert early.gradient_steps.sum() < full.gradient_steps.sum()
+    # Early stopping returns the first success, a smaller perturbation on average.
+    assert adv.perturbation_norms(x, early.adversarial)[1].mean() < adv.perturbation_norms(x, full.adversarial)[1].mean()
+
+
+def test_same_seed_same_result_whatever_the_batch_size(tiny):
+    model, x, y = tiny
+    attack = adv.PGD(norm="2", eps=80.0, steps=5)
+    a = attack(model, x[:10], adv.Misclassification(y[:10]), batch_size=3, seed=5)
+    b = attack(model, x[:10], adv.Misclassification(y[:10]), batch_size=10, seed=5)
+    assert np.mean(np.all(a.adversarial == b.adversarial, axis=(1, 2, 3))) >= 0.9
+    c = attack(model, x[:10], adv.Misclassification(y[:10]), batch_size=10, seed=6)
+    assert not np.array_equal(b.adversarial, c.adversarial)
+
+
+# ---------------------------------------------------------------------------
+# Logits: a model ending in softmax is attacked like its logits twin.
+
+
+def _softmax_twins(model: keras.Model) -> list[keras.Model]:
+    """The same classifier ending in a Softmax layer, and in a Dense with softmax activation."""
+    with_layer = keras.Model(model.input, keras.layers.Softmax()(model.output))
+    dense = model.get_layer("logits")
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(dense.input)
+    with_dense = keras.Model(model.input, outputs)
+    with_dense.get_layer("probabilities").set_weights(dense.get_weights())
+    return [with_layer, with_dense]
+
+
+def test_softmax_models_are_attacked_through_their_logits(tiny):
+    model, x, y = tiny
+    attack = adv.PGD(eps=8.0, steps=10)
+    reference = attack(model, x, adv.Misclassification(y), seed=3)
+    for twin in _softmax_twins(model):
+        np.testing.assert_allclose(twin.predict(x[:4], verbose=0).sum(axis=1), 1.0, rtol=1e-5)
+        result = attack(twin, x, adv.Misclassification(y), seed=3)
+        assert result.success_rate == reference.success_rate
+        np.testing.assert_allclose(result.logits, reference.logits, rtol=1e-4, atol=1e-4)
+        assert np.mean(np.all(result.adversarial == reference.adversarial, axis=(1, 2, 3))) >= 0.95
+
+
+# ---------------------------------------------------------------------------
+# Metrics.
+
+
+def test_perturbation_norms_and_attack_metrics_on_known_arrays():
+    originals = np.zeros((2, 2, 2, 3), np.uint8)
+    adversarials = originals.copy()
+    adversarials[0, 0, 0, 0] = 3
+    adversarials[0, 1, 1, 2] = 4
+    adversarials[1] = 1
+    linf, l2 = adv.perturbation_norms(originals, adversarials)
+    np.testing.assert_allclose(linf, [4, 1])
+    np.testing.assert_allclose(l2, [5, np.sqrt(12)])
+    logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]))
+    metrics = adv.attack_metrics(
+        originals=originals,
+        adversarials=adversarials,
+        logits=logits,
+        classes=[0, 1],
+        targeted=True,
+        clean_logits=np.log(np.array([[0.1, 0.8, 0.1], [0.1, 0.8, 0.1]])),
+    )
+    assert metrics.num_images == 2
+    assert metrics.success_rate == 0.5  # image 0 predicts its target 0, image 1 predicts 2, not 1
+    assert metrics.mean_linf == pytest.approx(2.5) and metrics.max_linf == 4
+    assert metrics.mean_l2 == pytest.approx((5 + np.sqrt(12)) / 2) and metrics.max_l2 == pytest.approx(5)
+    assert metrics.mean_linf_success == 4 and metrics.mean_l2_success == pytest.approx(5)
+    assert metrics.target_confidence == pytest.approx((0.7 + 0.3) / 2)
+    assert metrics.prediction_confidence == pytest.approx((0.7 + 0.6) / 2)
+    assert metrics.already_adversarial == 0.5  # image 1 was its target (1) already
+    untargeted = adv.attack_metrics(
+        originals=originals, adversarials=adversarials, logits=logits, classes=[0, 1], targeted=False
+    )
+    assert untargeted.success_rate == 0.5 and np.isnan(untargeted.already_adversarial)
+
+
+def test_transfer_metrics_score_on_the_second_model(tiny):
+    model, x, y = tiny
+    second = _train(_tiny_model(), 12, seed=7)
+    result = adv.PGD(eps=10.0, steps=10)(model, x, adv.Misclassification(y))
+    metrics, clean, after = adv.transfer_metrics(
+        second, originals=x, adversarials=result.adversarial, criterion=adv.Misclassification(y),
+        source_success=result.success,
+    )
+    expected = np.mean(np.argmax(adv.predict_logits(second, result.adversarial), axis=1) != y)
+    assert metrics.success_rate == pytest.approx(expected)
+    assert metrics.clean_rate == pytest.approx(np.mean(np.argmax(clean, axis=1) != y))
+    assert metrics.num_images == len(x)
+    # The same brightest-channel task: the adversarial images transfer far above the clean error.
+    assert metrics.success_rate > metrics.clean_rate + 0.3
+
+
+def test_robust_accuracy_versus_epsilon(tiny):
+    from matplotlib.figure import Figure
+
+    from keras_transfer.plotting.adversarial import plot_robust_accuracy
+
+    model, x, y = tiny
+    curve = adv.robust_accuracy(model, x, y, epsilons=[0, 2, 8, 24], attack=adv.PGD(eps=1.0, steps=8))
+    clean = float(np.mean(np.argmax(adv.predict_logits(model, x), axis=1) == y))
+    assert curve.clean_accuracy == pytest.approx(clean)
+    assert curve.accuracy[0] == pytest.approx(clean)
+    assert all(a >= b for a, b in zip(curve.accuracy, curve.accuracy[1:]))
+    assert curve.accuracy[-1] < 0.2
+    # A tf.data dataset of (images, labels) gives the same numbers.
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    again = adv.robust_accuracy(model, ds, epsilons=[0, 2, 8, 24], attack=adv.PGD(eps=1.0, steps=8))
+    assert again.accuracy == curve.accuracy
+    figure = plot_robust_accuracy([curve], labels=["PGD L-inf"])
+    assert isinstance(figure, Figure) and figure.axes[0].lines
+
+
+def test_example_figure_has_a_row_per_image(tiny):
+    from keras_transfer.plotting.adversarial import plot_adversarial_examples
+
+    model, x, y = tiny
+    result = adv.PGD(eps=12.0, steps=5)(model, x[:3], adv.Misclassification(y[:3]))
+    figure = plot_adversarial_examples(
+        x[:3],
+        result.adversarial,
+        probabilities_before=adv._softmax(adv.predict_logits(model, x[:3])),
+        probabilities_after=result.probabilities,
+        class_names=["red", "green", "blue"],
+        target_classes=y[:3],
+        top_k=3,
+    )
+    assert len(figure.axes) == 3 * 5
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+
+def test_cli_writes_the_promised_files(tmp_path, tiny):
+    from keras_transfer.experiments import adversarial as cli
+    from keras_transfer.models import save_class_names
+
+    keras.utils.set_random_seed(0)
+    model = _train(_tiny_model(input_size=16), 16)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    model.save(model_dir / "model.keras")
+    save_class_names(["red", "green", "blue"], model_dir / "classes.json")
+    images_dir = tmp_path / "photos"
+    images_dir.mkdir()
+    x, y = _synthetic(4, 16, np.random.default_rng(3))
+    names = []
+    for i, image in enumerate(x):
+        name = f"photo_{i}.png"
+        tf.io.write_file(str(images_dir / name), tf.io.encode_png(image))
+        names.append(name)
+    (images_dir / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    code = cli.main([
+        "--model", str(model_dir / "model.keras"), "--images", str(images_dir), "--target-class", "blue",
+        "--attack", "pgd", "--eps", "24", "--steps", "15", "--transfer-to", str(model_dir / "model.keras"),
+        "--transfer-target-class", "blue", "--output-dir", str(out), "--no-progress",
+    ])
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert (out / "figure.png").stat().st_size > 0
+    assert len(result["images"]) == 4
+    for i, item in enumerate(result["images"]):
+        original = tf.io.decode_png(tf.io.read_file(str(out / item["original_png"]))).numpy()
+        adversarial = tf.io.decode_png(tf.io.read_file(str(out / item["adversarial_png"]))).numpy()
+        assert item["original_png"] == f"photo_{i}_original.png"
+        np.testing.assert_array_equal(original, x[i])  # the exact model-size input
+        linf = np.abs(adversarial.astype(int) - original.astype(int)).max()
+        assert linf <= 24 and linf == item["linf"]
+        for key in ("before", "after"):
+            assert set(item[key]) == {"class", "name", "probability"}
+        assert item["success"] == item["success_after_reload"]
+        assert item["success"] == (item["after"]["name"] == "blue")
+        assert item["transfer"]["success"] == item["success"]  # same model: transfer = success
+    totals = result["totals"]
+    assert totals["success_rate"] == np.mean([i["success"] for i in result["images"]])
+    assert totals["success_rate"] >= 0.75
+    assert totals["transfer_success_rate"] == totals["success_rate"]
+    assert result["criterion"] == {"type": "targeted", "target_class": 2, "target_name": "blue"}
+    assert "predicts 'blue'" in result["transfer"]["success_means"]
+
+
+def test_cli_robust_accuracy_on_a_held_out_folder_split(tmp_path):
+    from keras_transfer.experiments import adversarial as cli
+    from keras_transfer.models import save_class_names
+
+    keras.utils.set_random_seed(0)
+    model = _train(_tiny_model(input_size=16), 16)
+    model.save(tmp_path / "model.keras")
+    save_class_names(["red", "green", "blue"], tmp_path / "classes.json")
+    x, y = _synthetic(30, 16, np.random.default_rng(4))
+    for name in ("red", "green", "blue"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+    for i, (image, label) in enumerate(zip(x, y)):
+        folder = tmp_path / "data" / ["red", "green", "blue"][label]
+        tf.io.write_file(str(folder / f"{i}.png"), tf.io.encode_png(image))
+    out = tmp_path / "out"
+    code = cli.main([
+        "--model", str(tmp_path / "model.keras"), "--robust-data", str(tmp_path / "data"), "--val-split", "0.5",
+        "--epsilons", "0,4,24", "--steps", "8", "--output-dir", str(out), "--no-progress",
+    ])
+    assert code == 0
+    curve = json.loads((out / "result.json").read_text())["robust_accuracy"]
+    assert curve["epsilons"] == [0.0, 4.0, 24.0]
+    assert 10 <= curve["num_images"] <= 20  # about half of the 30 images are held out
+    assert curve["accuracy"][0] == curve["clean_accuracy"] >= 0.8
+    assert curve["accuracy"][2] < 0.2
+    assert curve["class_mapping"] == {"blue": "blue", "green": "green", "red": "red"}
+    assert (out / "robust_accuracy.png").stat().st_size > 0
+
+
+def test_cli_help_documents_every_flag(capsys):
+    from keras_transfer.experiments import adversarial as cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in (
+        "--backbone", "--alpha", "--model", "--image", "--images", "--target-class", "--attack", "--norm",
+        "--eps", "--steps", "--step-size", "--transfer-to", "--transfer-target-class", "--output-dir",
+        "--no-early-stop", "--no-quantize", "--robust-data", "--robust-split", "--epsilons", "--resize", "--seed",
+    ):
+        assert flag in text
+
+
+def test_cli_reports_unknown_class_with_suggestions(tmp_path, capsys):
+    from keras_transfer.experiments import adversarial as cli
+
+    model = _tiny_model(input_size=16)
+    model.save(tmp_path / "model.keras")
+    image = tmp_path / "a.png"
+    tf.io.write_file(str(image), tf.io.encode_png(np.zeros((16, 16, 3), np.uint8)))
+    with pytest.raises(SystemExit):
+        cli.main(["--model", str(tmp_path / "model.keras"), "--image", str(image), "--target-class", "tabby",
+                  "--output-dir", str(tmp_path / "out"), "--no-progress"])
+    assert "Unknown class 'tabby'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Real weights: MobileNet 0.25 ImageNet, 368 Oxford-IIIT Pet dog photos.
+
+
+@requires_shared
+@pytest.mark.real
+def test_pgd_turns_real_dog_photos_into_tabby_cats(shared_data):
+    import keras_transfer as kt
+    from keras_transfer.data import load_image_files
+
+    folder = os.path.join(shared_data, "oxford_pets", "images")
+    dogs = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n[:1].islower())
+    assert len(dogs) == 368
+    images, kept, skipped = load_image_files(dogs, image_size=224, resize="crop")
+    assert not skipped
+    model = kt.build_imagenet_classifier("mobilenet", alpha=0.25)
+    tabby = 281
+    start = time.perf_counter()
+    result = adv.PGD(norm="inf", eps=4.0, steps=10)(model, images, adv.TargetedMisclassification(tabby), batch_size=32)
+    seconds = time.perf_counter() - start
+    print(f"\n368 dogs -> tabby: success {result.success_rate:.4f} in {seconds:.1f} s "
+          f"({result.images_per_second:.1f} images/s, {result.gradient_steps.mean():.2f} gradient steps per image)")
+    _check_invariants(result, images, norm="inf", eps=4.0, quantize=True)
+    # Judged on the uint8 images themselves, as they would be saved.
+    predictions = np.argmax(adv.predict_logits(model, result.adversarial), axis=1)
+    assert np.mean(predictions == tabby) >= 0.95
+    np.testing.assert_array_equal(predictions == tabby, result.success)
+    assert np.mean(np.argmax(adv.predict_logits(model, images), axis=1) == tabby) == 0.0
