@@ -123,6 +123,56 @@ class InferenceBackbone(keras.layers.Layer):
         return cls(**config)
 
 
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class FeatureStandardization(keras.layers.Layer):
+    """Standardizes pooled backbone features with fixed training-set statistics.
+
+    `(x - mean) / std` per feature, like scikit-learn's `StandardScaler`
+    in front of a linear probe. Until `set_statistics` is called the layer is
+    the identity. The statistics are non-trainable weights, saved with the
+    model; the layer computes in float32.
+
+    Args:
+        epsilon: a feature whose standard deviation is below this is only
+            centred, not scaled. Defaults to `1e-6`.
+    """
+
+    def __init__(self, epsilon: float = 1e-6, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.mean = self.add_weight(name="mean", shape=(dim,), initializer="zeros", trainable=False)
+        self.std = self.add_weight(name="std", shape=(dim,), initializer="ones", trainable=False)
+        self.built = True
+
+    def set_statistics(self, features) -> None:
+        """Sets mean and standard deviation from `(n, dim)` features."""
+        import numpy as np
+
+        features = np.asarray(features, dtype="float64").reshape(len(features), -1)
+        if len(features) == 0:
+            raise ValueError("Expected at least one feature vector to compute statistics from. Received: 0")
+        std = features.std(axis=0)
+        std[std < self.epsilon] = 1.0
+        self.mean.assign(features.mean(axis=0).astype("float32"))
+        self.std.assign(std.astype("float32"))
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        return (x - self.mean) / self.std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["epsilon"] = self.epsilon
+        return config
+
+
 def build_augmentation(
     *,
     flip: str | None = "horizontal",

@@ -3,10 +3,12 @@
 A classifier is a functional `keras.Model`::
 
     image (RGB, 0-255) -> augmentation (training only) -> preprocessing
-      -> backbone (always inference mode) -> pooling -> dropout -> logits (float32)
+      -> backbone (always inference mode) -> pooling -> feature standardization
+      -> dropout -> logits (float32)
 
 Its layers have fixed names (`"augmentation"`, `"preprocessing"`,
-`"backbone"`, `"pooling"`, `"dropout"`, `"logits"`), so the helpers below and
+`"backbone"`, `"pooling"`, `"feature_standardization"`, `"dropout"`,
+`"logits"`), so the helpers below and
 the training loop can find the parts of a loaded model.
 """
 
@@ -19,13 +21,19 @@ from collections.abc import Sequence
 import keras
 
 from keras_transfer import backbones as backbones_lib
-from keras_transfer.layers import ImagePreprocessing, InferenceBackbone, build_augmentation
+from keras_transfer.layers import (
+    FeatureStandardization,
+    ImagePreprocessing,
+    InferenceBackbone,
+    build_augmentation,
+)
 
 INPUT_NAME = "image"
 AUGMENTATION_NAME = "augmentation"
 PREPROCESSING_NAME = "preprocessing"
 BACKBONE_NAME = "backbone"
 POOLING_NAME = "pooling"
+STANDARDIZATION_NAME = "feature_standardization"
 DROPOUT_NAME = "dropout"
 LOGITS_NAME = "logits"
 
@@ -40,6 +48,8 @@ def build_classifier(
     pooling: str = "avg",
     dropout: float = 0.2,
     augmentation: bool | keras.Layer = False,
+    standardize_features: bool = True,
+    head_l2: float = 0.0,
     name: str | None = None,
 ) -> keras.Model:
     """Builds a transfer-learning classifier; the backbone starts frozen.
@@ -61,6 +71,11 @@ def build_classifier(
         augmentation: `True` for `keras_transfer.layers.build_augmentation()`,
             a Keras layer of your own, or `False` for none. Active only in
             training. Defaults to `False`.
+        standardize_features: put a `FeatureStandardization` layer between
+            pooling and the head (identity until its statistics are set,
+            e.g. by `set_feature_statistics`). Defaults to `True`.
+        head_l2: L2 factor on the logits kernel (Keras `L2` regularizer,
+            added to the mean loss); 0 disables it. Defaults to `0.0`.
         name: model name. Defaults to `"<backbone>_classifier"`.
 
     Returns:
@@ -75,6 +90,8 @@ def build_classifier(
         raise ValueError(f"Expected pooling in ('avg', 'max'). Received: pooling={pooling!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"Expected 0 <= dropout < 1. Received: dropout={dropout!r}")
+    if not head_l2 >= 0.0:
+        raise ValueError(f"Expected head_l2 >= 0. Received: head_l2={head_l2!r}")
 
     base = backbones_lib.build_backbone(spec.name, image_size=size, alpha=alpha, weights=weights)
     base.trainable = False
@@ -89,11 +106,14 @@ def build_classifier(
     x = InferenceBackbone(base, name=BACKBONE_NAME)(x)
     pool_cls = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
     x = pool_cls(name=POOLING_NAME)(x)
+    if standardize_features:
+        x = FeatureStandardization(name=STANDARDIZATION_NAME)(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name=DROPOUT_NAME)(x)
     # float32 logits even under a mixed precision policy: softmax and loss
     # stay numerically safe, and attacks get exact logits.
-    outputs = keras.layers.Dense(num_classes, dtype="float32", name=LOGITS_NAME)(x)
+    regularizer = keras.regularizers.L2(head_l2) if head_l2 else None
+    outputs = keras.layers.Dense(num_classes, dtype="float32", kernel_regularizer=regularizer, name=LOGITS_NAME)(x)
     return keras.Model(inputs, outputs, name=name or f"{spec.name}_classifier")
 
 
@@ -219,17 +239,29 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 def head(model: keras.Model) -> keras.Model:
     """Pooled features -> logits, sharing the classifier's head layers.
 
-    Training this model trains the classifier's own `dropout` and `logits`
+    Training this model trains the classifier's own standardization, `dropout` and `logits`
     layers, so no weights need to be copied back.
     """
     pooled = model.get_layer(POOLING_NAME).output
     features = keras.Input(shape=tuple(pooled.shape[1:]), name="features")
     x = features
     names = [layer.name for layer in model.layers]
-    if DROPOUT_NAME in names:
-        x = model.get_layer(DROPOUT_NAME)(x)
+    for name in (STANDARDIZATION_NAME, DROPOUT_NAME):
+        if name in names:
+            x = model.get_layer(name)(x)
     outputs = model.get_layer(LOGITS_NAME)(x)
     return keras.Model(features, outputs, name=f"{model.name}_head")
+
+
+def set_feature_statistics(model: keras.Model, features) -> bool:
+    """Sets the classifier's feature standardization from pooled training features.
+
+    Returns False (and does nothing) for a model built without it.
+    """
+    if STANDARDIZATION_NAME not in [layer.name for layer in model.layers]:
+        return False
+    model.get_layer(STANDARDIZATION_NAME).set_statistics(features)
+    return True
 
 
 def image_size_of(model: keras.Model) -> int:

@@ -69,7 +69,16 @@ class TrainConfig:
         weights: `"imagenet"`, a path to backbone weights, or `None` (random
             initialization). Defaults to `"imagenet"`.
         pooling: `"avg"` or `"max"`. Defaults to `"avg"`.
-        dropout: dropout rate before the logits. Defaults to `0.2`.
+        dropout: dropout rate before the logits. Defaults to `0.0` (the
+            head is regularized by `head_l2`).
+        standardize_features: standardize the pooled features with their
+            training-set mean and standard deviation (a layer of the model,
+            set before phase 1). Defaults to `True`.
+        head_l2: L2 penalty of the logits kernel on the scale of
+            scikit-learn's `1 / C`: the loss gets
+            `head_l2 * ||W||^2 / (2 * n_train)`, so with standardized
+            features the head minimizes the linear probe's objective.
+            0 disables it. Defaults to `1.0`.
         augment: random flip/rotation/zoom/contrast while training. The
             cached-feature head phase sees every image as it is (its features
             are computed once); augmentation acts in fine-tuning and in an
@@ -122,7 +131,9 @@ class TrainConfig:
     alpha: float | None = None
     weights: str | None = "imagenet"
     pooling: str = "avg"
-    dropout: float = 0.2
+    dropout: float = 0.0
+    standardize_features: bool = True
+    head_l2: float = 1.0
     augment: bool = True
     batch_size: int = 32
     epochs: int | None = None
@@ -188,6 +199,8 @@ class TrainConfig:
             raise ValueError(f"Expected pooling in ('avg', 'max'). Received: pooling={self.pooling!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"Expected 0 <= dropout < 1. Received: dropout={self.dropout!r}")
+        if isinstance(self.head_l2, bool) or not isinstance(self.head_l2, (int, float)) or not self.head_l2 >= 0:
+            raise ValueError(f"Expected head_l2 >= 0. Received: head_l2={self.head_l2!r}")
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"Expected verbose in (0, 1, 2). Received: verbose={self.verbose!r}")
 
@@ -813,6 +826,9 @@ def train(
             pooling=config.pooling,
             dropout=config.dropout,
             augmentation=augmentation,
+            standardize_features=config.standardize_features,
+            # scikit-learn's objective C * sum(CE) + ||W||^2 / 2, divided by C * n.
+            head_l2=config.head_l2 / (2.0 * max(len(data.train), 1)),
         )
 
         if already_complete:
@@ -866,6 +882,7 @@ def train(
                     head_state["feature_extraction_s"] = timings["feature_extraction_s"]
                     if features_path:
                         np.savez(features_path, **cached)
+                models_lib.set_feature_statistics(model, cached["train_x"])
                 if config.linear_probe:
                     head_state["linear_probe"] = _linear_probe(cached, config)
                 head_model = models_lib.head(model)
@@ -886,15 +903,18 @@ def train(
                 eval_head = {"train": train_in_order, "val": fit_val}
                 what = "head on cached features"
             else:
-                if config.linear_probe and data.val is not None:
+                if config.standardize_features or (config.linear_probe and data.val is not None):
+                    # One inference pass for the statistics (and the probe).
                     extractor = models_lib.feature_extractor(model)
                     probe_features = {
                         "train_x": _extract_features(extractor, data.train, config.batch_size),
                         "train_y": labels_of(data.train),
-                        "val_x": _extract_features(extractor, data.val, config.batch_size),
-                        "val_y": val_labels,
                     }
-                    head_state["linear_probe"] = _linear_probe(probe_features, config)
+                    models_lib.set_feature_statistics(model, probe_features["train_x"])
+                    if config.linear_probe and data.val is not None:
+                        probe_features["val_x"] = _extract_features(extractor, data.val, config.batch_size)
+                        probe_features["val_y"] = val_labels
+                        head_state["linear_probe"] = _linear_probe(probe_features, config)
                 _compile(model, learning_rate=config.learning_rate, jit_compile=config.jit_compile)
                 fit_model, fit_train, fit_val = model, train_batches, eval_splits["val"]
                 predict_val = (lambda: model.predict(eval_splits["val"], verbose=0)) if fit_val is not None else None

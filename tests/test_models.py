@@ -27,7 +27,8 @@ def images(rng, n=4, size=32):
 def test_classifier_layout_and_frozen_backbone():
     model = tiny_classifier(augmentation=True)
     names = [layer.name for layer in model.layers]
-    assert names == ["image", "augmentation", "preprocessing", "backbone", "pooling", "dropout", "logits"]
+    assert names == ["image", "augmentation", "preprocessing", "backbone", "pooling", "feature_standardization",
+                     "dropout", "logits"]
     assert model.output_shape == (None, 3)
     assert not models.get_backbone(model).trainable
     assert [w.name for w in model.trainable_weights] == ["kernel", "bias"]
@@ -38,6 +39,7 @@ def test_keras_round_trip_predicts_identically(tmp_path, rng):
     x = images(rng)
     # Make the head non-trivial so equal predictions mean something.
     model.get_layer("logits").set_weights([rng.normal(size=(256, 3)).astype("float32"), np.arange(3.0)])
+    models.set_feature_statistics(model, rng.normal(2.0, 3.0, size=(10, 256)))
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = kt.load_model(path)
@@ -95,6 +97,11 @@ def test_head_and_feature_extractor_share_the_classifier_layers(rng):
     model = tiny_classifier()
     head, features = models.head(model), models.feature_extractor(model)
     x = images(rng)
+    pooled = features.predict(x, verbose=0)
+    assert models.set_feature_statistics(model, pooled)
+    standardized = keras.Model(model.input, model.get_layer("feature_standardization").output).predict(x, verbose=0)
+    np.testing.assert_allclose(standardized.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(standardized.std(0)[pooled.std(0) > 1e-6], 1, atol=1e-3)
     head.get_layer("logits").set_weights([np.ones((256, 3), "float32"), np.zeros(3, "float32")])
     np.testing.assert_allclose(model.predict(x, verbose=0), head.predict(features.predict(x, verbose=0), verbose=0),
                                rtol=1e-5, atol=1e-5)

@@ -146,6 +146,13 @@ def _fraction(value: str) -> float:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0. Received: {value!r}")
+    return number
+
+
 def _positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:
@@ -218,6 +225,12 @@ def build_parser(
                        help="'imagenet', 'none' (random initialization) or the path of a backbone weights file")
     model.add_argument("--pooling", choices=("avg", "max"), default=defaults.pooling, help="global pooling")
     model.add_argument("--dropout", type=_fraction, default=defaults.dropout, help="dropout rate before the logits")
+    model.add_argument("--standardize-features", action=argparse.BooleanOptionalAction,
+                       default=defaults.standardize_features,
+                       help="standardize pooled features with training-set statistics (a layer of the model)")
+    model.add_argument("--head-l2", type=_non_negative_float, default=defaults.head_l2,
+                       help="L2 penalty of the logits kernel, on the scale of scikit-learn's 1/C "
+                            "(0: none)")
     model.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment,
                        help="random flip, rotation, zoom and contrast while training")
 
@@ -293,6 +306,8 @@ def config_from_args(args: argparse.Namespace, *, dataset: str) -> ExperimentCon
         weights=args.weights,
         pooling=args.pooling,
         dropout=args.dropout,
+        standardize_features=args.standardize_features,
+        head_l2=args.head_l2,
         augment=args.augment,
         batch_size=args.batch_size,
         epochs=args.epochs,
