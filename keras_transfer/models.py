@@ -113,7 +113,12 @@ def build_classifier(
     # float32 logits even under a mixed precision policy: softmax and loss
     # stay numerically safe, and attacks get exact logits.
     regularizer = keras.regularizers.L2(head_l2) if head_l2 else None
-    outputs = keras.layers.Dense(num_classes, dtype="float32", kernel_regularizer=regularizer, name=LOGITS_NAME)(x)
+    # A zero-initialized linear head (as in BiT) starts from uniform
+    # predictions instead of random logits of the size of the standardized
+    # features, which would dominate a head trained on few images.
+    outputs = keras.layers.Dense(
+        num_classes, dtype="float32", kernel_initializer="zeros", kernel_regularizer=regularizer, name=LOGITS_NAME
+    )(x)
     return keras.Model(inputs, outputs, name=name or f"{spec.name}_classifier")
 
 
