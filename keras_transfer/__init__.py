@@ -3,11 +3,30 @@
 Pretrained Keras Applications backbones wrapped in functional classifiers that
 take RGB pixels in [0, 255]; two-phase training (head on cached features, then
 fine-tuning); class visualization and adversarial examples on any classifier.
+
+Submodules: `backbones`, `layers`, `models`, `data`, `training`, `probe`,
+`visualization`, `adversarial`, `classes`, `imagenet`, `plotting`, and the
+command lines in `experiments`.
 """
 
 from keras_transfer._downloads import DatasetUnavailableError, WeightsUnavailableError
+from keras_transfer.adversarial import (
+    BIM,
+    FGSM,
+    PGD,
+    LessonAttack,
+    Misclassification,
+    TargetedMisclassification,
+    robust_accuracy,
+)
 from keras_transfer.backbones import available_backbones, build_backbone, get_backbone_spec
-from keras_transfer.layers import ImagePreprocessing, InferenceBackbone, build_augmentation
+from keras_transfer.data import load_cats_vs_dogs, load_folder, load_oxford_pets
+from keras_transfer.layers import (
+    FeatureStandardization,
+    ImagePreprocessing,
+    InferenceBackbone,
+    build_augmentation,
+)
 from keras_transfer.models import (
     build_classifier,
     build_imagenet_classifier,
@@ -15,13 +34,24 @@ from keras_transfer.models import (
     load_model,
     unfreeze_backbone,
 )
+from keras_transfer.training import TrainConfig, train
+from keras_transfer.visualization import VisualizationConfig, visualize_classes
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BIM",
     "DatasetUnavailableError",
+    "FGSM",
+    "FeatureStandardization",
     "ImagePreprocessing",
     "InferenceBackbone",
+    "LessonAttack",
+    "Misclassification",
+    "PGD",
+    "TargetedMisclassification",
+    "TrainConfig",
+    "VisualizationConfig",
     "WeightsUnavailableError",
     "available_backbones",
     "build_augmentation",
@@ -30,6 +60,12 @@ __all__ = [
     "build_imagenet_classifier",
     "freeze_backbone",
     "get_backbone_spec",
+    "load_cats_vs_dogs",
+    "load_folder",
     "load_model",
+    "load_oxford_pets",
+    "robust_accuracy",
+    "train",
     "unfreeze_backbone",
+    "visualize_classes",
 ]

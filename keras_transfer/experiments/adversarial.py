@@ -52,9 +52,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-DEFAULT_BACKBONE = "mobilenet"
-# The MobileNet width with ImageNet weights at hand (see ../shared/data).
-DEFAULT_MOBILENET_ALPHA = 0.25
+from keras_transfer.experiments._classifier_source import DEFAULT_BACKBONE, add_arguments, load_classifier
+
 DEFAULT_EPS = 4.0
 ATTACK_CHOICES = ("lesson", "fgsm", "pgd", "bim")
 RESIZE_CHOICES = ("stretch", "crop", "pad")
@@ -188,22 +187,6 @@ class AdversarialConfig:
         return None if self.attack == "lesson" else DEFAULT_EPS
 
 
-def _load_classifier(source: str | None, backbone: str, alpha: float | None):
-    """(model, class names, description) of a saved model or a backbone's ImageNet classifier."""
-    import keras_transfer as kt
-    from keras_transfer import classes as classes_lib
-
-    if source is not None:
-        model = kt.load_model(source)
-        num_classes = int(model.outputs[0].shape[-1])
-        return model, classes_lib.class_names_for_model(source, num_classes), os.path.abspath(source)
-    if alpha is None and backbone.replace("_", "").lower() == DEFAULT_BACKBONE:
-        alpha = DEFAULT_MOBILENET_ALPHA
-    model = kt.build_imagenet_classifier(backbone, alpha=alpha)
-    num_classes = int(model.outputs[0].shape[-1])
-    return model, classes_lib.class_names_for_model(None, num_classes), f"{backbone} (alpha={alpha}) ImageNet classifier"
-
-
 def _image_paths(config: AdversarialConfig) -> list[str]:
     from keras_transfer.data import IMAGE_EXTENSIONS
 
@@ -282,7 +265,7 @@ def run(config: AdversarialConfig) -> dict:
     import tensorflow as tf
 
     paths = _image_paths(config) if (config.images or config.images_dir) else []
-    model, names, description = _load_classifier(config.model, config.backbone, config.alpha)
+    model, names, description = load_classifier(config.model, config.backbone, config.alpha)
     os.makedirs(config.output_dir, exist_ok=True)
     summary: dict = {"model": description}
     if paths:
@@ -356,7 +339,7 @@ def _attack_images(config: AdversarialConfig, paths: list[str], model, names: Se
     transfer = None
     if config.transfer_to is not None:
         is_file = config.transfer_to.endswith(".keras") or os.path.isfile(config.transfer_to)
-        second, second_names, second_description = _load_classifier(
+        second, second_names, second_description = load_classifier(
             config.transfer_to if is_file else None, config.transfer_to, config.transfer_alpha
         )
         second_size = models_lib.image_size_of(second)
@@ -520,25 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
             "and <name>_adversarial.png (lossless) per image, figure.png and result.json."
         ),
     )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--backbone",
-        default=DEFAULT_BACKBONE,
-        help="Keras Applications backbone whose 1000-class ImageNet classifier is attacked (default: %(default)s).",
-    )
-    source.add_argument(
-        "--model",
-        default=None,
-        metavar="PATH.keras",
-        help="a classifier saved by keras_transfer; class names come from classes.json beside it.",
-    )
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=None,
-        help=f"width multiplier of --backbone (default: {DEFAULT_MOBILENET_ALPHA} for mobilenet, whose weights "
-        "are at hand; the family default otherwise).",
-    )
+    add_arguments(parser, verb="attacked")
     parser.add_argument(
         "--image", dest="image_files", action="append", default=[], metavar="FILE",
         help="an image file to attack; repeat for several.",

@@ -40,9 +40,7 @@ from keras_transfer import classes as classes_lib
 from keras_transfer import visualization as vis
 from keras_transfer.plotting.visualization import plot_class_images, plot_visualization_history
 
-DEFAULT_BACKBONE = "mobilenet"
-# The MobileNet width with ImageNet weights at hand (see ../shared/data).
-DEFAULT_MOBILENET_ALPHA = 0.25
+from keras_transfer.experiments._classifier_source import DEFAULT_BACKBONE, add_arguments, load_classifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,18 +93,7 @@ def _file_stem(name: str) -> str:
 
 def _load(config: IdealClassConfig):
     """The model, its class names and a description for `result.json`."""
-    if config.model is not None:
-        model = kt.load_model(config.model)
-        description = os.path.abspath(config.model)
-    else:
-        alpha = config.alpha
-        if alpha is None and config.backbone.replace("_", "").lower() == DEFAULT_BACKBONE:
-            alpha = DEFAULT_MOBILENET_ALPHA
-        model = kt.build_imagenet_classifier(config.backbone, alpha=alpha)
-        description = f"{config.backbone} (alpha={alpha}) ImageNet classifier"
-    # classes.json beside a saved model, else ImageNet names for 1000 classes.
-    num_classes = int(model.outputs[0].shape[-1])
-    return model, classes_lib.class_names_for_model(config.model, num_classes), description
+    return load_classifier(config.model, config.backbone, config.alpha)
 
 
 def run(config: IdealClassConfig) -> dict:
@@ -199,26 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
             "class, ideal_classes.png (all of them), history.png, result.json and TensorBoard logs."
         ),
     )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--backbone",
-        default=DEFAULT_BACKBONE,
-        help="Keras Applications backbone whose 1000-class ImageNet classifier is visualized "
-        "(default: %(default)s).",
-    )
-    source.add_argument(
-        "--model",
-        default=None,
-        metavar="PATH.keras",
-        help="a classifier saved by keras_transfer; class names come from classes.json beside it.",
-    )
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=None,
-        help=f"width multiplier of --backbone (default: {DEFAULT_MOBILENET_ALPHA} for mobilenet, whose "
-        "weights are at hand; the family default otherwise).",
-    )
+    add_arguments(parser, verb="visualized")
     parser.add_argument(
         "--class",
         dest="classes",
