@@ -290,14 +290,22 @@ def load_class_names(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def load_model(path: str | os.PathLike) -> keras.Model:
-    """Loads a `.keras` model saved by this package (custom layers registered)."""
+def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model:
+    """Loads a `.keras` model saved by this package (custom layers registered).
+
+    Args:
+        path: the `.keras` file.
+        compile: also restore the optimizer, loss and metrics, to go on
+            training. Prediction, visualization and attacks do not need them,
+            and skipping them avoids Keras' warning about optimizer variables
+            that a finished run never built. Defaults to `False`.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path!r}.")
     if not path.endswith(".keras"):
         raise ValueError(f"Expected a `.keras` model file. Received: path={path!r}")
-    return keras.saving.load_model(path)
+    return keras.saving.load_model(path, compile=compile)
 
 
 def as_logits_model(model: keras.Model) -> keras.Model:

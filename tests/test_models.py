@@ -46,6 +46,11 @@ def test_keras_round_trip_predicts_identically(tmp_path, rng):
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
     assert not models.get_backbone(loaded).trainable
+    # Inference needs no optimizer; training on does, on request.
+    assert getattr(loaded, "optimizer", None) is None
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.save(path)
+    assert kt.load_model(path, compile=True).optimizer is not None
 
 
 def test_load_model_errors_name_the_path(tmp_path):
