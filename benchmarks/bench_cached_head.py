@@ -92,7 +92,8 @@ def main() -> None:
     decode_s = time.perf_counter() - started
     print(f"data: {folder}: train {len(data.train)}, val {len(data.val)} images at 224 px "
           f"(decoded once in {decode_s:.1f} s, cached in memory for both sides)")
-    print(f"MobileNetV2 1.0, ImageNet weights; head = dropout 0.2 + Dense(2); Adam {args.learning_rate:g}, "
+    print(f"MobileNetV2 1.0, ImageNet weights; the package's default head (standardized features, L2 1.0, "
+          f"zero-initialized Dense(2)); Adam {args.learning_rate:g}, "
           f"batch {args.batch_size}, {args.epochs} epochs, no augmentation, seed 0\n")
 
     end_to_end = run(data, cached=False, epochs=args.epochs, batch_size=args.batch_size,
