@@ -1053,6 +1053,10 @@ def train(
     if paths is not None:
         state["complete"] = True
         state.setdefault("fingerprint", fingerprint)
+        # So that load_model(compile=True) restores the optimizer instead of
+        # warning about the variables of one that never took a step.
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
         model.save(os.path.join(paths.root, MODEL_FILE))
         models_lib.save_class_names(class_names, os.path.join(paths.root, CLASSES_FILE))
         _write_json(os.path.join(paths.root, METRICS_FILE), _jsonable(metrics))

@@ -49,6 +49,7 @@ def test_keras_round_trip_predicts_identically(tmp_path, rng):
     # Inference needs no optimizer; training on does, on request.
     assert getattr(loaded, "optimizer", None) is None
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
     model.save(path)
     assert kt.load_model(path, compile=True).optimizer is not None
 

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -228,6 +229,10 @@ def test_two_phase_run_learns_logs_and_saves(backbone_weights, tmp_path):
     images, _ = synthetic_images(8, seed=9)
     loaded = kt.load_model(out / "model.keras")
     np.testing.assert_allclose(loaded.predict(images, verbose=0), result.model.predict(images, verbose=0), atol=1e-6)
+    # To train on: the optimizer comes back too, without Keras' unbuilt-optimizer warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert kt.load_model(out / "model.keras", compile=True).optimizer is not None
 
     # TensorBoard: scalars of both phases on one axis, images every epoch, hparams.
     train_events = read_events(str(out / "tensorboard" / "train"))
