@@ -51,7 +51,9 @@ def fit_head(train_x, train_y, val_x, *, num_classes, learning_rate, cosine, see
     head.fit(training._feature_batches(train_x, train_y, batch_size=batch, shuffle=True, seed=seed),
              epochs=epochs, verbose=0)
     kernel, bias = (np.asarray(w) for w in model.get_layer(models.LOGITS_NAME).get_weights())
-    return head.predict(val_x, verbose=0).argmax(axis=1), kernel, bias
+    # The head's objective in its own feature space: the model's standardization of train_x.
+    standardized = np.asarray(model.get_layer(models.STANDARDIZATION_NAME)(train_x))
+    return head.predict(val_x, verbose=0).argmax(axis=1), objective(kernel, bias, standardized, train_y)
 
 
 def main():
@@ -67,19 +69,15 @@ def main():
         val_x = training._extract_features(extractor, data.val, 32)
         train_y, val_y = training.labels_of(data.train), training.labels_of(data.val)
         scaler = StandardScaler().fit(train_x)
-        probe = LogisticRegression(C=1.0, max_iter=3000).fit(scaler.transform(train_x), train_y)
-        probe_pred = probe.predict(scaler.transform(val_x))
         scaled = scaler.transform(train_x)
+        probe = LogisticRegression(C=1.0, max_iter=3000).fit(scaled, train_y)
+        probe_pred = probe.predict(scaler.transform(val_x))
         row = {"seed": seed, "probe": (np.mean(probe_pred == val_y), 1.0,
                                        objective(probe.coef_.T, probe.intercept_, scaled, train_y))}
         for name, rate, cosine in (("head, Adam 1e-3 (default)", 1e-3, False), ("head, Adam 1e-2 cosine", 1e-2, True)):
-            pred, kernel, bias = fit_head(train_x, train_y, val_x, num_classes=len(data.class_names),
-                                          learning_rate=rate, cosine=cosine, seed=seed)
-            # The head standardizes with its own statistics; evaluate its objective in its own space.
-            std = train_x.std(axis=0)
-            std[std < 1e-6] = 1.0  # as FeatureStandardization
-            own = (train_x - train_x.mean(axis=0)) / std
-            row[name] = (np.mean(pred == val_y), np.mean(pred == probe_pred), objective(kernel, bias, own, train_y))
+            pred, value = fit_head(train_x, train_y, val_x, num_classes=len(data.class_names),
+                                   learning_rate=rate, cosine=cosine, seed=seed)
+            row[name] = (np.mean(pred == val_y), np.mean(pred == probe_pred), value)
         rows.append(row)
         for name, (accuracy, agree, value) in ((k, v) for k, v in row.items() if k != "seed"):
             print(f"seed {seed} {name:28s} val acc {accuracy:.4f}  agrees with probe {agree:.4f}  objective {value:.5f}",
