@@ -79,10 +79,16 @@ class TrainConfig:
             `head_l2 * ||W||^2 / (2 * n_train)`, so with standardized
             features the head minimizes the linear probe's objective.
             0 disables it. Defaults to `1.0`.
-        augment: random flip/rotation/zoom/contrast while training. The
-            cached-feature head phase sees every image as it is (its features
-            are computed once); augmentation acts in fine-tuning and in an
-            uncached head phase. Defaults to `True`.
+        augment: random flip/rotation/zoom/contrast while training. It acts
+            in fine-tuning and in an uncached head phase; a head on cached
+            features (computed once) gets only its flip, see
+            `flip_features`. Defaults to `True`.
+        flip_features: with `cache_features` and `augment`, phase 1 also
+            trains on the features of the mirrored training images, computed
+            once with the others: the random flip's share of augmentation, at
+            the cost of a second extraction pass over the training set. The
+            standardization statistics cover both views; `head_l2` stays per
+            training image. Defaults to `True`.
         batch_size: global batch size (split across replicas). Defaults to
             `32`.
         epochs: epochs of phase 1 (head on the frozen backbone). `None`
@@ -135,6 +141,7 @@ class TrainConfig:
     standardize_features: bool = True
     head_l2: float = 1.0
     augment: bool = True
+    flip_features: bool = True
     batch_size: int = 32
     epochs: int | None = None
     fine_tune_epochs: int = 10
@@ -683,6 +690,10 @@ def _extract_features(extractor: keras.Model, ds: tf.data.Dataset, batch_size: i
     return np.asarray(features, dtype=np.float32)
 
 
+def _mirrored(ds: tf.data.Dataset) -> tf.data.Dataset:
+    return ds.map(lambda image, label: (tf.image.flip_left_right(image), label))
+
+
 def _linear_probe(cached: Mapping[str, np.ndarray], config: TrainConfig) -> dict[str, Any] | None:
     """Logistic regression on the frozen features of the run's own split."""
     if "val_x" not in cached:
@@ -861,6 +872,7 @@ def train(
         elif config.epochs > 0:
             phase_started = time.perf_counter()
             recorder = EpochRecorder(head_records, path=paths.history("head") if paths else None)
+            flip_views = config.cache_features and config.flip_features and config.augment
             if config.cache_features:
                 features_path = paths.state_file(_FEATURES) if paths else None
                 if features_path and os.path.isfile(features_path):
@@ -871,10 +883,13 @@ def train(
                 else:
                     t0 = time.perf_counter()
                     splits = "train, val" if data.val is not None else "train"
-                    _say(config, f"Phase 1: computing backbone features once ({splits}).")
+                    views = " and the mirrored training images" if flip_views else ""
+                    _say(config, f"Phase 1: computing backbone features once ({splits}{views}).")
                     extractor = models_lib.feature_extractor(model)
                     cached = {"train_x": _extract_features(extractor, data.train, config.batch_size),
                               "train_y": labels_of(data.train)}
+                    if flip_views:
+                        cached["train_flip_x"] = _extract_features(extractor, _mirrored(data.train), config.batch_size)
                     if data.val is not None:
                         cached["val_x"] = _extract_features(extractor, data.val, config.batch_size)
                         cached["val_y"] = val_labels
@@ -882,13 +897,18 @@ def train(
                     head_state["feature_extraction_s"] = timings["feature_extraction_s"]
                     if features_path:
                         np.savez(features_path, **cached)
-                models_lib.set_feature_statistics(model, cached["train_x"])
+                fit_x, fit_y = cached["train_x"], cached["train_y"]
+                if flip_views:
+                    fit_x = np.concatenate([fit_x, cached["train_flip_x"]])
+                    fit_y = np.concatenate([fit_y, fit_y])
+                models_lib.set_feature_statistics(model, fit_x)
                 if config.linear_probe:
+                    # The reference stays the plain probe: the images as they are.
                     head_state["linear_probe"] = _linear_probe(cached, config)
                 head_model = models_lib.head(model)
                 _compile(head_model, learning_rate=config.learning_rate, jit_compile=config.jit_compile)
                 fit_train = _feature_batches(
-                    cached["train_x"], cached["train_y"], batch_size=config.batch_size, shuffle=True, seed=config.seed
+                    fit_x, fit_y, batch_size=config.batch_size, shuffle=True, seed=config.seed
                 )
                 fit_val = None
                 if "val_x" in cached:
@@ -942,6 +962,7 @@ def train(
             head_state.update(
                 epochs_done=(max(recorder.records) + 1) if recorder.records else 0,
                 cached_features=config.cache_features,
+                mirrored_features=flip_views,
                 final=_evaluate(fit_model, eval_head),
                 wall_time_s=head_state.get("wall_time_s", 0.0) + time.perf_counter() - phase_started,
             )

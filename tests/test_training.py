@@ -422,3 +422,40 @@ def test_linear_probe_reference_on_the_same_split(backbone_weights):
     probe = result.metrics["linear_probe"]
     assert probe["val_accuracy"] >= 0.9 and probe["train_accuracy"] >= 0.9
     assert result.metrics["phases"]["head"]["linear_probe"] == probe
+
+
+class TrainSteps(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_cached_head_also_trains_on_mirrored_images_when_augmenting(backbone_weights, augment):
+    """With augmentation, the cached head sees each training image and its mirror."""
+    steps = TrainSteps()
+    result = training.train(
+        image_data(), tiny_config(backbone_weights, epochs=2, fine_tune_epochs=0, augment=augment,
+                                  linear_probe=True),
+        callbacks=[steps],
+    )
+    head = result.metrics["phases"]["head"]
+    assert head["mirrored_features"] is augment
+    # 48 training images in batches of 16, twice with their mirrors.
+    assert steps.steps == 2 * (6 if augment else 3)
+    extractor = models_lib.feature_extractor(result.model)
+    images = np.stack([x for x, _ in image_data().train.as_numpy_iterator()])
+    features = [extractor.predict(images, verbose=0)]
+    if augment:
+        features.append(extractor.predict(images[:, :, ::-1], verbose=0))
+    features = np.concatenate(features)
+    mean = result.model.get_layer(models_lib.STANDARDIZATION_NAME).mean.numpy()
+    np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-4, atol=1e-5)
+    if augment:  # ...which the statistics of the originals alone would not match
+        assert not np.allclose(mean, features[: len(images)].mean(axis=0), rtol=1e-4, atol=1e-5)
+    # The reference probe stays on the plain images; the head still learns.
+    assert head["linear_probe"]["train_accuracy"] >= 0.9
+    assert result.metrics["final"]["val"]["accuracy"] >= 0.9

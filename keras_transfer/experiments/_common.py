@@ -233,6 +233,9 @@ def build_parser(
                             "(0: none)")
     model.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment,
                        help="random flip, rotation, zoom and contrast while training")
+    model.add_argument("--flip-features", action=argparse.BooleanOptionalAction, default=defaults.flip_features,
+                       help="with --cache-features and --augment: phase 1 also trains on the features of the "
+                            "mirrored training images (one more extraction pass)")
 
     train = parser.add_argument_group("training")
     train.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
@@ -256,7 +259,8 @@ def build_parser(
                        help="also train BatchNormalization scale and offset in phase 2 "
                             "(their moving statistics never change)")
     train.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=defaults.cache_features,
-                       help="phase 1 on backbone features computed once (fast; no augmentation in phase 1)")
+                       help="phase 1 on backbone features computed once (fast; phase 1's only augmentation "
+                            "is then --flip-features)")
     train.add_argument("--linear-probe", action="store_true",
                        help="also fit a scikit-learn logistic regression on the same frozen features and split "
                             "(a reference accuracy, in metrics.json; needs scikit-learn)")
@@ -309,6 +313,7 @@ def config_from_args(args: argparse.Namespace, *, dataset: str) -> ExperimentCon
         standardize_features=args.standardize_features,
         head_l2=args.head_l2,
         augment=args.augment,
+        flip_features=args.flip_features,
         batch_size=args.batch_size,
         epochs=args.epochs,
         fine_tune_epochs=args.fine_tune_epochs,
