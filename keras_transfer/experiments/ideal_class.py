@@ -35,12 +35,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-import keras_transfer as kt
-from keras_transfer import classes as classes_lib
 from keras_transfer import visualization as vis
-from keras_transfer.plotting.visualization import plot_class_images, plot_visualization_history
-
 from keras_transfer.experiments._classifier_source import DEFAULT_BACKBONE, add_arguments, load_classifier
+from keras_transfer.plotting.visualization import plot_class_images, plot_visualization_history
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,18 +88,13 @@ def _file_stem(name: str) -> str:
     return f"ideal_{cleaned or 'class'}"
 
 
-def _load(config: IdealClassConfig):
-    """The model, its class names and a description for `result.json`."""
-    return load_classifier(config.model, config.backbone, config.alpha)
-
-
 def run(config: IdealClassConfig) -> dict:
     """Visualizes the classes and writes the files listed in the module docstring.
 
     Returns:
         The content of `result.json`.
     """
-    model, names, model_description = _load(config)
+    model, names, model_description = load_classifier(config.model, config.backbone, config.alpha)
     vis.resolve_targets(list(config.classes), names)  # fail on a bad class before creating anything
     os.makedirs(config.output_dir, exist_ok=True)
     log_dir = os.path.join(config.output_dir, "logs")
