@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import _multi_worker
 from keras_transfer import backbones as backbones_lib
 from keras_transfer import data as data_lib
 from keras_transfer import models as models_lib
@@ -779,6 +780,8 @@ def train(
     config = config or TrainConfig()
     started = time.perf_counter()
     strategy = strategy or make_strategy(config.strategy)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _multi_worker.install()  # Keras 3's fit fails there without it (keras-team/keras#20585)
     policy = resolve_mixed_precision(config.mixed_precision)
     class_names = tuple(data.class_names)
     num_classes = len(class_names)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,7 @@ import keras_transfer as kt
 from keras_transfer import data as data_lib
 from keras_transfer import models as models_lib
 from keras_transfer import training
+from keras_transfer.experiments import _common, folder
 from keras_transfer.plotting import training as plots
 
 SIZE = 32
@@ -357,6 +359,71 @@ def test_mirrored_strategy_on_two_logical_cpus(backbone_weights, tmp_path):
     assert metrics["final"]["val"]["accuracy"] >= 0.8  # after a noisy fine-tuning epoch of a random backbone
     assert metrics["phases"]["fine_tune"]["history"]["epoch"] == [2]
     assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_same_command_on_two_workers_trains_the_model_of_one_process(backbone_weights, tmp_path):
+    # Two processes on this machine stand for two machines: the same command,
+    # each with its own TF_CONFIG task. With one batch per epoch, split evenly,
+    # the shuffle order cannot matter: each worker computes the gradient of its
+    # half and their mean is the gradient of the whole batch, so two workers
+    # must reproduce one process up to float rounding.
+    images, labels = synthetic_images(60, seed=4)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (tmp_path / "images" / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+        keras.utils.save_img(tmp_path / "images" / CLASSES[label] / f"{i}.png", image, scale=False)
+    argv = [
+        "--data-dir", str(tmp_path / "images"), "--backbone", "mobilenet", "--alpha", "0.25",
+        "--weights", backbone_weights, "--image-size", "32", "--val-split", "0.2",  # 48 train images, 12 val
+        "--batch-size", "64", "--epochs", "3", "--learning-rate", "0.05", "--fine-tune-epochs", "1", "--no-augment",
+        "--verbose", "0",
+    ]
+    single, out = tmp_path / "single", tmp_path / "run"
+    assert folder.main([*argv, "--output-dir", str(single)]) == 0
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    command = [sys.executable, "-m", "keras_transfer.experiments.folder", *argv, "--output-dir", str(out),
+               "--strategy", "multi_worker"]
+    procs = [
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, CUDA_VISIBLE_DEVICES="", KERAS_TRANSFER_TRACEBACK="1",
+                     TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})),
+        )
+        for index in range(2)
+    ]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (_, stderr) in zip(procs, outputs):
+        assert proc.returncode == 0, stderr[-3000:]
+
+    worker = out / ".workers" / "worker_1"  # the other worker keeps only its own resume state and model
+    expected = json.loads((single / "metrics.json").read_text())
+    assert expected["replicas"] == 1 and expected["final"]["val"]["accuracy"] >= 0.9
+    for directory in (out, worker):
+        metrics = json.loads((directory / "metrics.json").read_text())
+        assert metrics["replicas"] == 2 and metrics["config"]["train"]["strategy"] == "multi_worker"
+        for phase in ("head", "fine_tune"):
+            for key, values in expected["phases"][phase]["history"].items():
+                np.testing.assert_allclose(metrics["phases"][phase]["history"][key], values, rtol=1e-3, err_msg=key)
+        for split in ("train", "val"):
+            for key, value in expected["final"][split].items():
+                assert metrics["final"][split][key] == pytest.approx(value, rel=1e-3)
+    images = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    logits = [kt.load_model(d / "model.keras").predict(images, verbose=0) for d in (single, out, worker)]
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(logits[2], logits[1], rtol=1e-6, atol=1e-6)
+    # Only the chief writes the run's outputs.
+    for name in ("classes.json", *_common.PLOT_FILES.values()):
+        assert (out / name).is_file(), name
+    assert not any((worker / name).exists() for name in _common.PLOT_FILES.values())
 
 
 # ---------------------------------------------------------------------------

@@ -376,7 +376,9 @@ def save_plots(
         save(plots.plot_confusion_matrix(result.confusion, result.class_names, title="Validation"), "confusion")
         indices = training.grid_indices(len(result.val_labels))
         images = training.images_at(split, indices)
-        logits = np.asarray(result.model.predict(images.astype("float32"), verbose=0), dtype=np.float64)
+        # A direct call, not predict(): only the chief draws, so nothing here
+        # may wait for the other workers of a multi-worker strategy.
+        logits = np.asarray(result.model(images.astype("float32"), training=False), dtype=np.float64)
         probabilities = np.exp(logits - logits.max(-1, keepdims=True))
         probabilities /= probabilities.sum(-1, keepdims=True)
         predictions = probabilities.argmax(-1)
