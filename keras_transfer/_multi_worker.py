@@ -26,12 +26,6 @@ import tensorflow as tf
 _installed = False
 
 
-def _in_multi_worker_mode(strategy) -> bool:
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
-        strategy.extended._in_multi_worker_mode()
-    )
-
-
 def install() -> bool:
     """Patches Keras's TensorFlow trainer once; returns False when its
     internals are not the ones this works around (nothing is changed then)."""
@@ -44,7 +38,9 @@ def install() -> bool:
     trainer_cls = getattr(tf_trainer, "TensorFlowTrainer", None)
     original_build = getattr(trainer_cls, "_maybe_symbolic_build", None)
     original_reduce = getattr(tf_trainer, "reduce_per_replica", None)
-    if original_build is None or original_reduce is None or not hasattr(trainer_cls, "_symbolic_build"):
+    # Keras's own test for the branch that fails, so the wrappers change exactly that branch.
+    in_multi_worker_mode = getattr(tf_trainer, "_collective_all_reduce_multi_worker", None)
+    if None in (original_build, original_reduce, in_multi_worker_mode) or not hasattr(trainer_cls, "_symbolic_build"):
         return False
 
     def first_replica(strategy, value):
@@ -55,7 +51,7 @@ def install() -> bool:
     @functools.wraps(original_build)
     def maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self._distribute_strategy
-        if strategy is None or iterator is None or not _in_multi_worker_mode(strategy):
+        if strategy is None or iterator is None or not in_multi_worker_mode(strategy):
             return original_build(self, iterator=iterator, data_batch=data_batch)
         for _, _, it in iterator:
             data_batch = tree.map_structure(functools.partial(first_replica, strategy), next(it))
@@ -65,7 +61,7 @@ def install() -> bool:
 
     @functools.wraps(original_reduce)
     def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and _in_multi_worker_mode(strategy):
+        if reduction in ("auto", "mean") and in_multi_worker_mode(strategy):
 
             def reduce(value):
                 scalar = first_replica(strategy, value).shape.rank == 0
