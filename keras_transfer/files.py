@@ -1,0 +1,160 @@
+"""Writing files so that an interruption never leaves half of one.
+
+Every file this package writes goes through `atomic_path` (or one of the
+writers built on it): the content is written to a temporary name in the same
+folder, flushed to disk, and renamed over the destination, which POSIX makes
+atomic. A kill at any instant leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from keras_transfer.errors import CorruptFileError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[str]:
+    """Yields a temporary path to write; renamed to `path` when the block succeeds.
+
+    Args:
+        path: the destination.
+        suffix: the temporary file's extension (some writers check it, e.g.
+            Keras wants `.keras` / `.weights.h5`). Defaults to `path`'s own.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    if suffix is None:
+        suffix = _extension(name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _extension(name: str) -> str:
+    for ext in (".weights.h5", ".keras", ".npz", ".json", ".png", ".h5", ".csv", ".tflite"):
+        if name.endswith(ext):
+            return ext
+    return os.path.splitext(name)[1]
+
+
+def _fsync(path: str) -> None:
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as strict JSON data: non-finite floats become `None`, numpy values plain."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    """Writes strict JSON (no NaN: non-finite numbers become null), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(jsonable(value), f, indent=1, allow_nan=False)
+
+
+def read_json(path: str | os.PathLike, *, what: str = "file") -> Any:
+    """Reads a JSON file; an unreadable one raises `CorruptFileError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"The {what} {os.fspath(path)!r} is not valid JSON ({error}).") from error
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Writes a uint8 `(H, W, 3)` image losslessly, atomically."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"Expected a uint8 image. Received: dtype={image.dtype}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 RGB `(H, W, 3)`."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def save_figure(figure, path: str | os.PathLike, *, dpi: int = 100) -> str:
+    """Saves a matplotlib Figure as PNG, atomically, and closes it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=dpi, format="png")
+    plt.close(figure)
+    return os.fspath(path)
+
+
+def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """`np.savez` of `arrays`, atomically."""
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_npz(path: str | os.PathLike, *, what: str = "file") -> dict[str, np.ndarray]:
+    """All arrays of an `.npz` file; an unreadable one raises `CorruptFileError`."""
+    import zipfile
+
+    try:
+        with np.load(path) as saved:
+            return {key: saved[key] for key in saved.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise CorruptFileError(f"The {what} {os.fspath(path)!r} cannot be read ({error}).") from error
+
+
+def check_writable_dir(path: str | os.PathLike, *, what: str = "output folder") -> str:
+    """Creates `path` if needed and checks that files can be written in it.
+
+    Raises:
+        NotADirectoryError / PermissionError: with a message naming `path`.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"The {what} {path!r} is a file, not a folder. Choose a folder.")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f"Cannot write in the {what} {path!r} ({error.strerror or error}). Choose a folder you can write to."
+        ) from None
+    return path
