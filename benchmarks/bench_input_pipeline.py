@@ -257,7 +257,7 @@ def main(argv=None) -> None:
         jpeg = head[:3] == b"\xff\xd8\xff"
         with Image.open(io.BytesIO(head)) as image:
             sizes.append((jpeg, min(image.size)))
-    dct = np.array([jpeg and side >= 2 * data._DCT_MARGIN * IMAGE_SIZE for jpeg, side in sizes])
+    dct = np.array([jpeg and side >= 2 * data.DCT_MARGIN * IMAGE_SIZE for jpeg, side in sizes])
 
     print("\nQuality vs reference (PIL full decode + Lanczos to 224)")
     print(f"  images: ours {len(ours_images)}, peer {len(peer_images)}; labels equal: "

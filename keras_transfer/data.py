@@ -7,16 +7,19 @@ Three sources:
   `annotations/list.txt`, `trainval.txt`, `test.txt`);
 - any class-per-folder tree (`root/<class>/**/<image>`).
 
-Images are decoded by content (JPEG, PNG, GIF, BMP, whatever the extension
-says), converted to RGB, resized to a square and cached as uint8 in one
-parallel pass, which also finds the files that cannot be decoded (zero bytes,
-truncated, not an image): they are skipped and counted in the `DataReport`, so
-the count is known when a `load_*` function returns. The train/validation split
-is then drawn, stratified by class, from a seed among the images that decoded.
+Images are decoded by content (JPEG, PNG, GIF, BMP, WebP, whatever the
+extension says), converted to RGB, resized to a square and cached as uint8 in
+one parallel pass, which also finds the files that cannot be decoded (zero
+bytes, truncated, not an image): they are skipped and listed in the
+`DataReport`, so the count is known when a `load_*` function returns. Files not
+decoded on purpose (other extensions, files beside the class folders, Oxford
+images in no annotation list) are ignored and listed there too. The
+train/validation split is then drawn, stratified by class, from a seed among
+the images that decoded.
 
 Large JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling when
-the reduced image keeps 1.5x the target side (saves part of the decoding, with
-the same accuracy), and shrinking uses the area filter.
+the reduced image keeps `DCT_MARGIN` (1.5) times the target side (saves part
+of the decoding, with the same accuracy), and shrinking uses the area filter.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import numbers
 import os
 import re
 import time
@@ -33,22 +35,51 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import settings
 from keras_transfer._downloads import DatasetUnavailableError, probe
+from keras_transfer.errors import CorruptFileError
 
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 RESIZE_MODES = ("stretch", "crop", "pad")
 # Files with these extensions (any case) are decoded; anything else in a data
-# folder (Thumbs.db, .mat, README, ...) is counted as `ignored`. The extension
-# only selects candidates: the format is always read from the content.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-MAX_LISTED_SKIPS = 1000
+# folder (Thumbs.db, .mat, README, ...) is ignored (counted and listed). The
+# extension only selects candidates: the format is always read from the content.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+# A DataReport lists at most this many skipped files and as many ignored ones
+# (its counts are exact).
+MAX_LISTED_FILES = 1000
 _SHUFFLE_BUFFER_CAP = 10_000
 
 _OXFORD_NAME = re.compile(r"^(?P<breed>.+)_\d+$")
+_OXFORD_FORMAT = "Image CLASS-ID SPECIES BREED-ID"
 
-_TFDS_SOURCES = {
+# What the arguments of the loaders accept, checked as every setting of the
+# package is (the error names the argument, the value and what is valid).
+_IMAGE_SIZE = settings.Int(min=1)
+_RESIZE = settings.Choice(RESIZE_MODES)
+_VAL_SPLIT = settings.Real(min=0, max=1, max_open=True)
+_SEED = settings.Int(min=0)
+_BATCH_SIZE = settings.Int(min=1)
+_TARGET = settings.Choice(("breed", "species"))
+_DATA_DIR = settings.Path()
+_CACHE_WORDS = {"memory": True, "none": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class _CacheKind(settings.Either):
+    """`cache`: True / "memory" (in memory), False / "none", or a file cache's path prefix."""
+
+    def valid(self) -> str:
+        return "True or 'memory' (in memory), False or 'none' (no cache), or a path prefix for a file cache"
+
+
+_CACHE = _CacheKind((settings.Flag(), settings.Choice(tuple(_CACHE_WORDS)), settings.Path()))
+
+# Where each tensorflow-datasets source comes from, and what to download by
+# hand when it cannot be downloaded.
+TFDS_SOURCES = {
     "oxford_iiit_pet": {
         "title": "Oxford-IIIT Pet dataset",
         "url": "https://thor.robots.ox.ac.uk/~vgg/data/pets/images.tar.gz",
@@ -76,6 +107,50 @@ _TFDS_SOURCES = {
 }
 
 
+class _DataDirNotFoundError(FileNotFoundError, ValueError):
+    """`data_dir` does not exist (a `ValueError` too, as it was before)."""
+
+
+class _DataDirNotADirectoryError(NotADirectoryError, ValueError):
+    """`data_dir` is a file (a `ValueError` too, as it was before)."""
+
+
+def _checked(name: str, value, kind: settings.Kind):
+    """`value` (a NumPy scalar as its Python value) when `kind` accepts it.
+
+    Raises:
+        ValueError: naming `name`, the value and what `kind` accepts.
+    """
+    plain = value.item() if isinstance(value, np.generic) else value
+    if not kind.accepts(plain):
+        raise kind.error(name, value)
+    return kind.normalize(plain)
+
+
+def _check_resize_args(image_size, resize) -> None:
+    _checked("image_size", image_size, _IMAGE_SIZE)
+    _checked("resize", resize, _RESIZE)
+
+
+def _check_split_args(val_split, seed) -> None:
+    _checked("val_split", val_split, _VAL_SPLIT)
+    _checked("seed", seed, _SEED)
+
+
+def _cache_setting(cache) -> bool | str:
+    """`True` (in memory), `False` (no cache) or the path prefix of a file cache."""
+    if isinstance(cache, str) and cache in _CACHE_WORDS:
+        return _CACHE_WORDS[cache]
+    return _checked("cache", cache, _CACHE)
+
+
+def _check_loader_args(image_size, resize, val_split, cache, seed) -> bool | str:
+    """Checks the arguments every loader takes; returns `cache` as `_cache_setting`."""
+    _check_resize_args(image_size, resize)
+    _check_split_args(val_split, seed)
+    return _cache_setting(cache)
+
+
 @dataclasses.dataclass
 class DataReport:
     """What a `load_*` function found, used, skipped and ignored.
@@ -90,11 +165,13 @@ class DataReport:
         skipped: files that could not be decoded (zero bytes, truncated, not
             an image, unreadable).
         skipped_files: their paths relative to the data folder (tfds: file
-            names), at most `MAX_LISTED_SKIPS` of them.
+            names), at most `MAX_LISTED_FILES` of them.
         ignored: files deliberately not decoded: extensions not in
             `IMAGE_EXTENSIONS`, files outside class folders, Oxford images
             absent from the annotation lists or not named `<breed>_<n>`.
         per_class: `{class_name: {split: count}}`.
+        ignored_files: the paths of the ignored files relative to the data
+            folder, at most `MAX_LISTED_FILES` of them. Defaults to `[]`.
     """
 
     source: str
@@ -104,6 +181,7 @@ class DataReport:
     skipped_files: list[str]
     ignored: int
     per_class: dict[str, dict[str, int]]
+    ignored_files: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         """A JSON-serializable copy."""
@@ -127,20 +205,18 @@ class ImageData:
     image_size: int
     report: DataReport
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
 
 # ---------------------------------------------------------------------------
 # Decoding and resizing (graph functions, no Python in the tf.data map).
 
 
 def decode_image(contents: tf.Tensor) -> tf.Tensor:
-    """Decodes JPEG, PNG, GIF or BMP bytes, by content, to RGB uint8.
+    """Decodes JPEG, PNG, GIF, BMP or WebP bytes, by content, to RGB uint8.
 
-    Grayscale and CMYK become RGB, the alpha channel of RGBA is dropped, and
-    an animated GIF gives its first frame.
+    Grayscale and CMYK become RGB, an alpha channel is dropped, and an
+    animated GIF or WebP gives its first frame. (TensorFlow decodes an
+    animated WebP only when it has an alpha channel; one without is an
+    `InvalidArgumentError` that says so.)
 
     Args:
         contents: scalar string tensor, the bytes of an image file.
@@ -152,34 +228,84 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
         tf.errors.InvalidArgumentError: when the bytes are not a decodable
             image (eagerly; inside tf.data the error reaches the pipeline).
     """
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+    is_webp, has_alpha, animated = _webp_features(contents)
+    image = tf.cond(
+        is_webp,
+        lambda: _decode_webp(contents, has_alpha, animated),
+        lambda: tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8),
+    )
     image.set_shape([None, None, 3])
     return image
 
 
-def _check_resize_args(image_size, resize) -> None:
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
-        raise ValueError(f"Expected image_size to be a positive integer. Received: image_size={image_size!r}")
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"Expected resize to be one of {RESIZE_MODES}. Received: resize={resize!r}")
+def _webp_features(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`(is WebP, has alpha, is animated)` from the first 32 bytes of `contents`.
+
+    TensorFlow's WebP decoder fails unless the requested channels are those
+    of the header (RGBA when it has alpha) and, asked for "as in the file"
+    (`channels=0`), corrupts memory on an animation without alpha, so the
+    channel count is read here as libwebp reads it: the alpha flag of a
+    `VP8X` header (which also flags animation) or of a `VP8L` (lossless)
+    bitstream; a plain `VP8` (lossy) image has none.
+    """
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(contents, 0, 32), b"\0" * 32]), 0, 32)
+    raw = tf.io.decode_raw(head, tf.uint8)
+
+    def tag(position: int) -> tf.Tensor:
+        return tf.strings.substr(head, position, 4)
+
+    def bit(index: int, mask: int) -> tf.Tensor:
+        return tf.bitwise.bitwise_and(raw[index], mask) > 0
+
+    is_webp = (tf.strings.length(contents) > 12) & tf.equal(tag(0), "RIFF") & tf.equal(tag(8), "WEBP")
+    extended = tf.equal(tag(12), "VP8X")
+    lossless = tf.equal(tag(12), "VP8L")
+    has_alpha = (extended & bit(20, 0x10)) | (lossless & bit(24, 0x10))
+    animated = extended & bit(20, 0x02)
+    return is_webp, has_alpha, animated
 
 
-# A JPEG is decoded at 1/r scale only when the reduced image still has 1.5x
-# the target side: closer to 1x, the reduced IDCT followed by a small resize
-# is measurably less accurate than a full decode (mean absolute error vs. a
-# Lanczos resize of the full image, 41 large Oxford photos at 224: 2.8 at
-# 1.0x, 1.8 at 1.5x, 1.8 for the full decode).
-_DCT_MARGIN = 1.5
+def _decode_webp(contents: tf.Tensor, has_alpha: tf.Tensor, animated: tf.Tensor) -> tf.Tensor:
+    check = tf.debugging.Assert(
+        has_alpha | ~animated,
+        ["an animated WebP without alpha channel (TensorFlow decodes animated WebP as RGBA only)"],
+    )
+    with tf.control_dependencies([check]):
+        return tf.cond(
+            has_alpha,
+            lambda: tf.io.decode_image(contents, channels=4, expand_animations=False)[..., :3],
+            lambda: tf.io.decode_image(contents, channels=3, expand_animations=False),
+        )
 
 
-def _decode_for_size(contents: tf.Tensor, image_size: int, resize: str) -> tf.Tensor:
+# A JPEG is decoded at 1/r scale only when the reduced image still has
+# DCT_MARGIN times the target side: closer to 1x, the reduced IDCT followed by
+# a small resize is measurably less accurate than a full decode (mean absolute
+# error vs. a Lanczos resize of the full image, 41 large Oxford photos at 224:
+# 2.8 at 1.0x, 1.8 at 1.5x, 1.8 for the full decode).
+DCT_MARGIN = 1.5
+
+
+def decode_for_size(contents: tf.Tensor, *, image_size: int, resize: str = "stretch") -> tf.Tensor:
     """`decode_image`, but a large JPEG is decoded at a reduced scale.
 
-    The largest libjpeg scale 1/r (r in 8, 4, 2) is chosen that keeps the side
-    the resize maps to `image_size` (the shorter side for stretch and crop, the
-    longer one for pad) at least `_DCT_MARGIN * image_size` pixels, so the
-    resize that follows still shrinks.
+    What the loaders decode before `resize_image(..., image_size=image_size,
+    resize=resize)`. The largest libjpeg scale 1/r (r in 8, 4, 2) is chosen
+    that keeps the side the resize maps to `image_size` (the shorter side for
+    stretch and crop, the longer one for pad) at least
+    `DCT_MARGIN * image_size` pixels, so the resize that follows still
+    shrinks. Other formats and smaller JPEGs are decoded in full.
+
+    Args:
+        contents: scalar string tensor, the bytes of an image file.
+        image_size: side of the square the image will be resized to.
+        resize: `"stretch"`, `"crop"` or `"pad"` (see `resize_image`).
+            Defaults to `"stretch"`.
+
+    Returns:
+        uint8 tensor `[height, width, 3]`.
     """
+    _check_resize_args(image_size, resize)
 
     def jpeg():
         shape = tf.io.extract_jpeg_shape(contents)
@@ -191,7 +317,7 @@ def _decode_for_size(contents: tf.Tensor, image_size: int, resize: str) -> tf.Te
             return lambda: tf.io.decode_jpeg(contents, channels=3, ratio=ratio)
 
         image = tf.case(
-            [(side >= ratio * _DCT_MARGIN * image_size, decode(ratio)) for ratio in (8, 4, 2)],
+            [(side >= ratio * DCT_MARGIN * image_size, decode(ratio)) for ratio in (8, 4, 2)],
             default=decode(1),
             exclusive=False,
         )
@@ -266,7 +392,8 @@ def resize_image(image: tf.Tensor, *, image_size: int, resize: str = "stretch") 
 
 
 def _decode_and_resize(contents: tf.Tensor, image_size: int, resize: str) -> tf.Tensor:
-    return resize_image(_decode_for_size(contents, image_size, resize), image_size=image_size, resize=resize)
+    image = decode_for_size(contents, image_size=image_size, resize=resize)
+    return resize_image(image, image_size=image_size, resize=resize)
 
 
 def _decoded_images(
@@ -290,22 +417,30 @@ def _why_undecodable(path: str) -> str:
         message = getattr(error, "message", None) or str(error)
         # Drop TF's "{{function_node ...}}" prefix and " [Op:...]" suffix.
         message = re.sub(r"\{\{[^}]*\}\}|\[Op:.*$", "", message, flags=re.S).strip()
+        # A failed tf.debugging.Assert: keep its message only.
+        message = re.sub(r"^Expected .* to be true\. Summarized data: b'(.*)'$", r"\1", message, flags=re.S)
         return message or type(error).__name__
     return "decodes when read alone"  # e.g. it changed on disk meanwhile
+
+
+def _log_listing(headline: str, lines: Sequence[str], total: int) -> None:
+    more = f"\n  ... and {total - len(lines)} more" if total > len(lines) else ""
+    logger.warning("%s:\n%s%s", headline, "\n".join(f"  {line}" for line in lines), more)
 
 
 def _log_skips(skipped: Sequence[str], *, root: str | None) -> None:
     if not skipped:
         return
-    shown = []
-    for name in skipped[:10]:
-        reason = _why_undecodable(os.path.join(root, name) if root else name)
-        shown.append(f"  {name}: {reason}")
-    more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-    logger.warning(
-        "Skipped %d file(s) that could not be decoded as images:\n%s%s",
-        len(skipped), "\n".join(shown), more,
-    )
+    shown = [f"{name}: {_why_undecodable(os.path.join(root, name) if root else name)}" for name in skipped[:10]]
+    _log_listing(f"Skipped {len(skipped)} file(s) that could not be decoded as images", shown, len(skipped))
+
+
+def _log_ignored(ignored: Sequence[tuple[str, str]]) -> None:
+    """Names the ignored files `(path, why)` (not decoded on purpose)."""
+    if not ignored:
+        return
+    shown = [f"{name}: {why}" for name, why in ignored[:10]]
+    _log_listing(f"Ignored {len(ignored)} file(s), not decoded on purpose", shown, len(ignored))
 
 
 def load_image_files(
@@ -364,8 +499,7 @@ def stratified_split(
     Returns:
         `(train_indices, val_indices)`, sorted int64 arrays into `labels`.
     """
-    _check_val_split(val_split)
-    _check_seed(seed)
+    _check_split_args(val_split, seed)
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"Expected a 1-D sequence of labels. Received: labels with shape {labels.shape}")
@@ -379,16 +513,6 @@ def stratified_split(
         keys = bits.random_raw(n)  # one key per member, drawn even when n_val == 0
         is_val[members[np.argsort(keys, kind="stable")[:n_val]]] = True
     return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
-
-
-def _check_val_split(val_split) -> None:
-    if isinstance(val_split, bool) or not isinstance(val_split, numbers.Real) or not 0.0 <= val_split < 1.0:
-        raise ValueError(f"Expected 0 <= val_split < 1. Received: val_split={val_split!r}")
-
-
-def _check_seed(seed) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"Expected seed to be a non-negative integer. Received: seed={seed!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -405,7 +529,7 @@ class _Pool:
     skipped: list[int]  # indices of the examples that did not decode
 
 
-def _cache(ds: tf.data.Dataset, cache: bool | str | os.PathLike, key: str) -> tf.data.Dataset:
+def _cache(ds: tf.data.Dataset, cache: bool | str, key: str) -> tf.data.Dataset:
     if cache is True:
         return ds.cache()
     if not isinstance(cache, bool):
@@ -415,14 +539,6 @@ def _cache(ds: tf.data.Dataset, cache: bool | str | os.PathLike, key: str) -> tf
         os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
         return ds.cache(filename)
     return ds
-
-
-def _check_cache(cache) -> None:
-    if not (isinstance(cache, bool) or (isinstance(cache, (str, os.PathLike)) and os.fspath(cache))):
-        raise ValueError(
-            "Expected cache to be True (memory), False (none) or a file path prefix. "
-            f"Received: cache={cache!r}"
-        )
 
 
 def _fill_pool(examples: tf.data.Dataset, *, cache, key: str) -> _Pool:
@@ -486,18 +602,13 @@ def _assemble(
     val_split: float,
     seed: int,
     found: int,
-    ignored: int,
+    ignored: Sequence[str],
     skipped_names: list[str],
     image_size: int,
-    empty_hint: str,
+    class_dirs: dict[str, str] | None,
 ) -> ImageData:
-    counts = np.bincount(trainval.labels, minlength=len(class_names))
-    empty = [name for name, n in zip(class_names, counts) if n == 0]
-    if empty:
-        raise ValueError(
-            f"{source}: no image of class(es) {empty} could be decoded{empty_hint}. "
-            f"{len(skipped_names)} file(s) were skipped as undecodable, e.g. {skipped_names[:5]}."
-        )
+    """The splits and the report of decoded pools; `ignored` are the paths of the ignored files."""
+    _check_every_class_decoded(source, class_names, trainval.labels, skipped_names, class_dirs)
     train_pos, val_pos = stratified_split(trainval.labels, val_split=val_split, seed=seed)
     train = _select(trainval, train_pos)
     val = _select(trainval, val_pos) if val_split > 0 else None
@@ -521,13 +632,14 @@ def _assemble(
         found=found,
         used=used,
         skipped=len(skipped_names),
-        skipped_files=skipped_names[:MAX_LISTED_SKIPS],
-        ignored=ignored,
+        skipped_files=skipped_names[:MAX_LISTED_FILES],
+        ignored=len(ignored),
         per_class=per_class,
+        ignored_files=list(ignored[:MAX_LISTED_FILES]),
     )
     logger.info(
         "%s: %d found, used %s, %d skipped (undecodable), %d ignored",
-        source, found, used, report.skipped, ignored,
+        source, found, used, report.skipped, report.ignored,
     )
     return ImageData(
         train=train,
@@ -539,15 +651,29 @@ def _assemble(
     )
 
 
+def _check_every_class_decoded(
+    source: str,
+    class_names: Sequence[str],
+    labels: np.ndarray,
+    skipped_names: Sequence[str],
+    class_dirs: dict[str, str] | None,
+) -> None:
+    """Raises `ValueError` when a class has no decoded train/validation image."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    empty = [name for name, n in zip(class_names, counts) if n == 0]
+    if not empty:
+        return
+    where = f" (class folder(s) {[class_dirs[name] for name in empty]})" if class_dirs else ""
+    raise ValueError(
+        f"{source}: no image of class(es) {empty} could be decoded{where}; "
+        f"{len(skipped_names)} file(s) were skipped as undecodable, e.g. {list(skipped_names[:5])}. "
+        "Expected every class to have at least one image in a format decode_image reads "
+        "(JPEG, PNG, GIF, BMP or WebP) for training."
+    )
+
+
 # ---------------------------------------------------------------------------
 # Folder sources.
-
-
-def _check_common(image_size, resize, val_split, cache, seed=0) -> None:
-    _check_resize_args(image_size, resize)
-    _check_val_split(val_split)
-    _check_seed(seed)
-    _check_cache(cache)
 
 
 def _is_hidden(name: str) -> bool:
@@ -558,17 +684,31 @@ def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _not_an_image_extension(name: str) -> str:
+    extension = os.path.splitext(name)[1]
+    return f"extension {extension!r} is not one of {IMAGE_EXTENSIONS}" if extension else "no file extension"
+
+
 def _check_dir(data_dir, expected: str) -> str:
-    if data_dir is None:
-        raise ValueError(f"Expected {expected}. Received: data_dir=None")
+    """The absolute path of the folder `data_dir`.
+
+    Raises:
+        ValueError: `data_dir` is not a path.
+        FileNotFoundError / NotADirectoryError: it does not exist / is a
+            file (both also `ValueError`s), with a message naming the path
+            and `expected`.
+    """
+    if data_dir is None or not _DATA_DIR.accepts(data_dir):
+        raise ValueError(f"Expected data_dir to be {expected}. Received: data_dir={data_dir!r}")
     path = os.fspath(data_dir)
+    if not os.path.exists(path):
+        raise _DataDirNotFoundError(f"The data folder {path!r} does not exist. Expected {expected}.")
     if not os.path.isdir(path):
-        what = "is not a folder" if os.path.exists(path) else "does not exist"
-        raise ValueError(f"data_dir {what}. Expected {expected}. Received: data_dir={path!r}")
+        raise _DataDirNotADirectoryError(f"The data folder {path!r} is a file, not a folder. Expected {expected}.")
     return os.path.abspath(path)
 
 
-_FOLDER_LAYOUT = "a folder with one subfolder of images per class (root/<class>/<image>)"
+_FOLDER_LAYOUT = "a folder with one subfolder of images per class, at least 2 of them (root/<class>/<image>)"
 
 
 def load_folder(
@@ -582,11 +722,12 @@ def load_folder(
 ) -> ImageData:
     """Loads a class-per-folder tree of images.
 
-    Class names are the sorted names of the subfolders of `data_dir`; each
-    class folder is searched recursively. Hidden files and folders, files
-    outside class folders and files whose extension is not in
-    `IMAGE_EXTENSIONS` are ignored (counted in the report). Files that cannot
-    be decoded are skipped (counted and listed). There is no test split.
+    Class names are the sorted names of the subfolders of `data_dir` (at
+    least 2); each class folder is searched recursively. Hidden files and
+    folders, files outside class folders and files whose extension is not in
+    `IMAGE_EXTENSIONS` are ignored (counted and listed in the report). Files
+    that cannot be decoded are skipped (counted and listed). There is no test
+    split.
 
     Args:
         data_dir: the root folder.
@@ -596,40 +737,26 @@ def load_folder(
         seed: seed of the train/validation split. Defaults to `0`.
         resize: `"stretch"`, `"crop"` or `"pad"` (see `resize_image`).
             Defaults to `"stretch"`.
-        cache: `True` caches the decoded images in memory, a string is a
-            file path prefix for a tf.data file cache, `False` decodes every
-            epoch. Defaults to `True`.
+        cache: `True` or `"memory"` keeps the decoded images in memory;
+            `False` or `"none"` decodes them every epoch; a path (`str` or
+            `os.PathLike`) is the prefix of the files of a tf.data file cache
+            (reused by later loads of the same files, size and resize mode).
+            Defaults to `True`.
 
     Returns:
         An `ImageData` with `train`, `val` (`None` when `val_split=0`) and
         `test=None`.
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: `data_dir` does not exist /
+            is a file.
+        ValueError: a bad argument, an empty `data_dir`, fewer than 2 class
+            folders, a class folder without image files or whose every file
+            is undecodable.
     """
-    _check_common(image_size, resize, val_split, cache, seed)
+    cache = _check_loader_args(image_size, resize, val_split, cache, seed)
     root = _check_dir(data_dir, _FOLDER_LAYOUT)
-    entries = sorted(e for e in os.listdir(root) if not _is_hidden(e))
-    class_names = [e for e in entries if os.path.isdir(os.path.join(root, e))]
-    ignored = len(entries) - len(class_names)  # files beside the class folders
-    if not class_names:
-        raise ValueError(f"Found no class subfolders in {root}. Expected {_FOLDER_LAYOUT}.")
-    paths, labels = [], []
-    for label, name in enumerate(class_names):
-        n_images = 0
-        for folder, dirs, files in os.walk(os.path.join(root, name), followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
-            for file in sorted(files):
-                if _is_hidden(file):
-                    continue
-                if not _is_image_name(file):
-                    ignored += 1
-                    continue
-                paths.append(os.path.join(folder, file))
-                labels.append(label)
-                n_images += 1
-        if n_images == 0:
-            raise ValueError(
-                f"Class folder {os.path.join(root, name)!r} contains no image files "
-                f"(extensions {IMAGE_EXTENSIONS}). Expected {_FOLDER_LAYOUT}."
-            )
+    class_names, paths, labels, ignored = _list_class_folders(root)
     return _load_files(
         source=f"folder:{root}",
         root=root,
@@ -642,14 +769,75 @@ def load_folder(
         seed=seed,
         resize=resize,
         cache=cache,
+        class_dirs={name: os.path.join(root, name) for name in class_names},
     )
 
 
+def _list_class_folders(root: str) -> tuple[list[str], list[str], list[int], list[tuple[str, str]]]:
+    """`(class_names, paths, labels, ignored)` of a class-per-folder tree.
+
+    `ignored` holds `(path relative to root, why)` of the files not decoded.
+    """
+    entries = sorted(e for e in os.listdir(root) if not _is_hidden(e))
+    class_names = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+    _check_class_folders(root, entries, class_names)
+    folders = set(class_names)
+    ignored = [(e, "a file beside the class folders") for e in entries if e not in folders]
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        images, others = _class_files(root, name)
+        ignored += others
+        if not images:
+            raise ValueError(
+                f"Class folder {os.path.join(root, name)!r} contains no image files "
+                f"(extensions {IMAGE_EXTENSIONS}; it holds {len(others)} other file(s), e.g. "
+                f"{[path for path, _ in others[:3]]}). Expected {_FOLDER_LAYOUT}."
+            )
+        paths += images
+        labels += [label] * len(images)
+    return class_names, paths, labels, ignored
+
+
+def _check_class_folders(root: str, entries: Sequence[str], class_names: Sequence[str]) -> None:
+    if not entries:
+        raise ValueError(f"The data folder {root!r} is empty. Expected {_FOLDER_LAYOUT}.")
+    if not class_names:
+        raise ValueError(
+            f"Found no class subfolders in {root!r}: it holds {len(entries)} file(s), e.g. "
+            f"{list(entries[:3])}. Expected {_FOLDER_LAYOUT}."
+        )
+    if len(class_names) < 2:
+        raise ValueError(
+            f"Found only one class folder, {class_names[0]!r}, in {root!r}: a classifier needs at least "
+            f"2 classes. Expected {_FOLDER_LAYOUT}."
+        )
+
+
+def _class_files(root: str, name: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The image files under `root/name` (recursively, sorted) and the ignored `(path, why)`."""
+    images, ignored = [], []
+    for folder, dirs, files in os.walk(os.path.join(root, name), followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+        for file in sorted(files):
+            if _is_hidden(file):
+                continue
+            path = os.path.join(folder, file)
+            if _is_image_name(file):
+                images.append(path)
+            else:
+                ignored.append((os.path.relpath(path, root), _not_an_image_extension(file)))
+    return images, ignored
+
+
 def _load_files(
-    *, source, root, class_names, trainval, test, ignored, image_size, val_split, seed, resize, cache
+    *, source, root, class_names, trainval, test, ignored, image_size, val_split, seed, resize, cache, class_dirs
 ) -> ImageData:
+    """Decodes `trainval` (and `test`), `(paths, labels)`, into an `ImageData`.
+
+    `ignored` holds `(path relative to root, why)` of the files not decoded.
+    """
     paths, labels = trainval
-    found = len(paths) + (len(test[0]) if test else 0) + ignored
+    found = len(paths) + (len(test[0]) if test else 0) + len(ignored)
     if not paths:
         raise ValueError(f"{source}: found no image files to train on.")
     started = time.perf_counter()
@@ -661,6 +849,7 @@ def _load_files(
         skipped += [os.path.relpath(test[0][i], root) for i in test_pool.skipped]
     logger.info("Decoded %s in %.1f s", source, time.perf_counter() - started)
     _log_skips(skipped, root=root)
+    _log_ignored(ignored)
     return _assemble(
         source=source,
         class_names=class_names,
@@ -669,11 +858,21 @@ def _load_files(
         val_split=val_split,
         seed=seed,
         found=found,
-        ignored=ignored,
+        ignored=[path for path, _ in ignored],
         skipped_names=skipped,
         image_size=image_size,
-        empty_hint=" (every file of the class was skipped)",
+        class_dirs=class_dirs,
     )
+
+
+# ---------------------------------------------------------------------------
+# Oxford-IIIT Pet folders.
+
+
+_OXFORD_LAYOUT = (
+    "an Oxford-IIIT Pet folder: images/ with the photos (<Breed>_<n>.jpg, capitalised breed = "
+    "cat), optionally annotations/ with list.txt, trainval.txt, test.txt"
+)
 
 
 def _oxford_classes(breeds: Sequence[str]) -> list[str]:
@@ -683,88 +882,62 @@ def _oxford_classes(breeds: Sequence[str]) -> list[str]:
 
 
 def _read_annotations(path: str) -> dict[str, int]:
-    """`{image name: species (1 cat, 2 dog)}` of an Oxford annotation list."""
+    """`{image name: species (1 cat, 2 dog)}` of an Oxford annotation list.
+
+    Raises:
+        CorruptFileError: (a `ValueError`) naming the file, the line number,
+            the line and the format, for a line that is not
+            `Image CLASS-ID SPECIES BREED-ID`; lines starting with `#` are
+            comments.
+    """
     entries = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            fields = line.split()
-            if len(fields) < 3:
-                raise ValueError(
-                    f"{path}:{number}: expected 'Image CLASS-ID SPECIES BREED-ID'. Received: {line!r}"
-                )
-            entries[fields[0]] = int(fields[2])
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as error:
+        raise CorruptFileError(
+            f"The Oxford annotation list {path!r} is not a text file ({error}). "
+            f"Expected lines '{_OXFORD_FORMAT}'."
+        ) from None
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 4 or not all(re.fullmatch(r"\d+", v) for v in fields[1:]) or fields[2] not in ("1", "2"):
+            raise CorruptFileError(
+                f"Malformed line {number} of the Oxford annotation list {path!r}: {line!r}. "
+                f"Expected '{_OXFORD_FORMAT}': an image name and three integers, SPECIES 1 (cat) or "
+                "2 (dog); lines starting with '#' are comments."
+            )
+        entries[fields[0]] = int(fields[2])
     return entries
 
 
-def _load_oxford_folder(
-    data_dir, *, image_size, val_split, seed, resize, cache, target
-) -> ImageData:
-    layout = (
-        "an Oxford-IIIT Pet folder: images/ with the photos (<Breed>_<n>.jpg, capitalised breed = "
-        "cat), optionally annotations/ with list.txt, trainval.txt, test.txt"
-    )
-    root = _check_dir(data_dir, layout)
+def _load_oxford_folder(data_dir, *, image_size, val_split, seed, resize, cache, target) -> ImageData:
+    root = _check_dir(data_dir, _OXFORD_LAYOUT)
     images_dir = os.path.join(root, "images")
     if not os.path.isdir(images_dir):
-        raise ValueError(f"Found no images/ folder in {root}. Expected {layout}.")
+        raise ValueError(f"Found no images/ folder in {root!r}. Expected {_OXFORD_LAYOUT}.")
     ann_dir = os.path.join(root, "annotations")
     lists = {
         name: _read_annotations(os.path.join(ann_dir, f"{name}.txt"))
         for name in ("list", "trainval", "test")
         if os.path.isfile(os.path.join(ann_dir, f"{name}.txt"))
     }
-    files = sorted(f for f in os.listdir(images_dir) if not _is_hidden(f))
-    ignored = 0
-    candidates: list[tuple[str, str, str]] = []  # (stem, breed, path)
-    for file in files:
-        stem = os.path.splitext(file)[0]
-        match = _OXFORD_NAME.match(stem)
-        if not _is_image_name(file) or not match or not os.path.isfile(os.path.join(images_dir, file)):
-            ignored += 1
-            continue
-        candidates.append((stem, match["breed"], os.path.join(images_dir, file)))
-    if not candidates:
-        raise ValueError(f"Found no <Breed>_<n> image files in {images_dir}. Expected {layout}.")
-
-    if "test" in lists and ("trainval" in lists or "list" in lists):
-        test_names = set(lists["test"])
-        trainval_names = set(lists["trainval"]) if "trainval" in lists else set(lists["list"]) - test_names
-    elif lists:
-        test_names = set()
-        trainval_names = set(lists.get("trainval") or lists.get("list") or lists["test"])
-    else:
-        test_names, trainval_names = set(), None  # no annotations: every image
-    species_of = {}
-    for entries in lists.values():
-        species_of.update(entries)
-
-    groups: dict[str, list[tuple[str, str, str]]] = {"trainval": [], "test": []}
-    for stem, breed, path in candidates:
-        if stem in test_names:
-            groups["test"].append((stem, breed, path))
-        elif trainval_names is None or stem in trainval_names:
-            groups["trainval"].append((stem, breed, path))
-        else:
-            ignored += 1  # not in the annotation lists
+    candidates, ignored = _oxford_candidates(images_dir)
+    groups = _oxford_groups(candidates, lists, ignored)
     if not groups["trainval"]:
-        raise ValueError(f"None of the images in {images_dir} is in the train/validation annotation list.")
-
-    def species(stem: str, breed: str) -> str:
-        if stem in species_of:
-            return "cat" if species_of[stem] == 1 else "dog"
-        return "cat" if breed[:1].isupper() else "dog"
-
-    used = groups["trainval"] + groups["test"]
-    if target == "species":
-        class_names = ["cat", "dog"]
-        label_of = {stem: class_names.index(species(stem, breed)) for stem, breed, _ in used}
-    else:
-        class_names = _oxford_classes([breed for _, breed, _ in used])
-        index = {name: i for i, name in enumerate(class_names)}
-        label_of = {stem: index[breed] for stem, breed, _ in used}
+        raise ValueError(
+            f"None of the images in {images_dir!r} is in the train/validation annotation list "
+            f"(annotations/trainval.txt, else list.txt). Expected {_OXFORD_LAYOUT}."
+        )
+    class_names, label_of = _oxford_labels(groups["trainval"] + groups["test"], lists, target)
+    if len(class_names) < 2:
+        raise ValueError(
+            f"Found images of only one class, {class_names[0]!r}, in {images_dir!r}: a classifier needs "
+            f"at least 2 classes. Expected {_OXFORD_LAYOUT}."
+        )
 
     def split(group):
         return [p for _, _, p in group], [label_of[s] for s, _, _ in group]
@@ -781,7 +954,78 @@ def _load_oxford_folder(
         seed=seed,
         resize=resize,
         cache=cache,
+        class_dirs=None,
     )
+
+
+def _oxford_candidates(images_dir: str) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """`(stem, breed, path)` of the `<Breed>_<n>` images, and the ignored `(path, why)`."""
+    candidates, ignored = [], []
+    for file in sorted(f for f in os.listdir(images_dir) if not _is_hidden(f)):
+        stem = os.path.splitext(file)[0]
+        match = _OXFORD_NAME.match(stem)
+        path = os.path.join(images_dir, file)
+        why = (
+            _not_an_image_extension(file) if not _is_image_name(file)
+            else "not named <Breed>_<n>" if not match
+            else "not a file" if not os.path.isfile(path)
+            else None
+        )
+        if why is None:
+            candidates.append((stem, match["breed"], path))
+        else:
+            ignored.append((f"images/{file}", why))
+    if not candidates:
+        raise ValueError(f"Found no <Breed>_<n> image files in {images_dir!r}. Expected {_OXFORD_LAYOUT}.")
+    return candidates, ignored
+
+
+def _oxford_groups(
+    candidates: Sequence[tuple[str, str, str]], lists: dict[str, dict[str, int]], ignored: list[tuple[str, str]]
+) -> dict[str, list[tuple[str, str, str]]]:
+    """The candidates of `"trainval"` and `"test"` by the annotation lists.
+
+    Without lists every candidate is trainval; a candidate in none of the
+    lists is appended to `ignored`.
+    """
+    if "test" in lists and ("trainval" in lists or "list" in lists):
+        test_names = set(lists["test"])
+        trainval_names = set(lists["trainval"]) if "trainval" in lists else set(lists["list"]) - test_names
+    elif lists:
+        test_names = set()
+        trainval_names = set(lists.get("trainval") or lists.get("list") or lists["test"])
+    else:
+        test_names, trainval_names = set(), None  # no annotations: every image
+    groups: dict[str, list[tuple[str, str, str]]] = {"trainval": [], "test": []}
+    for stem, breed, path in candidates:
+        if stem in test_names:
+            groups["test"].append((stem, breed, path))
+        elif trainval_names is None or stem in trainval_names:
+            groups["trainval"].append((stem, breed, path))
+        else:
+            ignored.append((f"images/{os.path.basename(path)}", "in none of the annotation lists"))
+    return groups
+
+
+def _oxford_labels(
+    used: Sequence[tuple[str, str, str]], lists: dict[str, dict[str, int]], target: str
+) -> tuple[list[str], dict[str, int]]:
+    """`(class_names, {stem: label})` of the used images, by breed or species."""
+    species_of = {}
+    for entries in lists.values():
+        species_of.update(entries)
+
+    def species(stem: str, breed: str) -> str:
+        if stem in species_of:
+            return "cat" if species_of[stem] == 1 else "dog"
+        return "cat" if breed[:1].isupper() else "dog"
+
+    if target == "species":
+        class_names = ["cat", "dog"]
+        return class_names, {stem: class_names.index(species(stem, breed)) for stem, breed, _ in used}
+    class_names = _oxford_classes([breed for _, breed, _ in used])
+    index = {name: i for i, name in enumerate(class_names)}
+    return class_names, {stem: index[breed] for stem, breed, _ in used}
 
 
 # ---------------------------------------------------------------------------
@@ -792,7 +1036,7 @@ def _tfds_builder(name: str, tfds_data_dir):
     """The tfds builder of `name`, prepared; fails fast when offline."""
     import tensorflow_datasets as tfds
 
-    info = _TFDS_SOURCES[name]
+    info = TFDS_SOURCES[name]
     builder = tfds.builder(name, data_dir=os.fspath(tfds_data_dir) if tfds_data_dir else None)
     if not builder.is_prepared():
         reason = probe(info["url"])
@@ -838,7 +1082,7 @@ def _load_tfds(
     name: str, *, tfds_data_dir, image_size, val_split, seed, resize, cache, with_test: bool
 ) -> ImageData:
     builder = _tfds_builder(name, tfds_data_dir)
-    info = _TFDS_SOURCES[name]
+    info = TFDS_SOURCES[name]
     pool, found, skipped = _tfds_pool(
         builder, "train", image_size=image_size, resize=resize, cache=cache, name_key=info["name_key"]
     )
@@ -859,10 +1103,10 @@ def _load_tfds(
         val_split=val_split,
         seed=seed,
         found=found,
-        ignored=0,
+        ignored=[],
         skipped_names=skipped,
         image_size=image_size,
-        empty_hint="",
+        class_dirs=None,
     )
 
 
@@ -906,8 +1150,8 @@ def load_oxford_pets(
         seed: seed of the train/validation split. Defaults to `0`.
         resize: `"stretch"`, `"crop"` or `"pad"` (see `resize_image`).
             Defaults to `"stretch"`.
-        cache: `True` (memory), a file path prefix, or `False` (see
-            `load_folder`). Defaults to `True`.
+        cache: `True` or `"memory"`, `False` or `"none"`, or the path
+            prefix of a file cache (see `load_folder`). Defaults to `True`.
         tfds_data_dir: the tensorflow-datasets data folder. Defaults to
             `None` (tfds' default, `$TFDS_DATA_DIR` or
             `~/tensorflow_datasets`).
@@ -917,9 +1161,8 @@ def load_oxford_pets(
     Returns:
         An `ImageData`.
     """
-    _check_common(image_size, resize, val_split, cache, seed)
-    if target not in ("breed", "species"):
-        raise ValueError(f"Expected target to be 'breed' or 'species'. Received: target={target!r}")
+    cache = _check_loader_args(image_size, resize, val_split, cache, seed)
+    _checked("target", target, _TARGET)
     if data_dir is None:
         if target != "breed":
             raise ValueError(
@@ -969,15 +1212,15 @@ def load_cats_vs_dogs(
         seed: seed of the train/validation split. Defaults to `0`.
         resize: `"stretch"`, `"crop"` or `"pad"` (see `resize_image`).
             Defaults to `"stretch"`.
-        cache: `True` (memory), a file path prefix, or `False` (see
-            `load_folder`). Defaults to `True`.
+        cache: `True` or `"memory"`, `False` or `"none"`, or the path
+            prefix of a file cache (see `load_folder`). Defaults to `True`.
         tfds_data_dir: the tensorflow-datasets data folder. Defaults to
             `None` (tfds' default).
 
     Returns:
         An `ImageData` with `test=None`.
     """
-    _check_common(image_size, resize, val_split, cache, seed)
+    cache = _check_loader_args(image_size, resize, val_split, cache, seed)
     if data_dir is None:
         return _load_tfds(
             "cats_vs_dogs",
@@ -1015,8 +1258,7 @@ def batch_dataset(
     Returns:
         The batched dataset.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"Expected batch_size to be a positive integer. Received: batch_size={batch_size!r}")
+    _checked("batch_size", batch_size, _BATCH_SIZE)
     if shuffle:
         size = int(ds.cardinality())
         buffer = min(size, _SHUFFLE_BUFFER_CAP) if size > 0 else 1000

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -16,6 +18,7 @@ from PIL import Image
 
 from keras_transfer import data
 from keras_transfer._downloads import DatasetUnavailableError
+from keras_transfer.errors import CorruptFileError
 
 RED = (230, 20, 20)
 BLUE = (20, 20, 230)
@@ -26,11 +29,13 @@ def solid(color, size=(48, 64)) -> np.ndarray:
     return np.broadcast_to(np.array(color, np.uint8), (*size, 3)).copy()
 
 
-def save(image: np.ndarray, path, fmt=None, mode=None) -> str:
+def save(image: np.ndarray, path, fmt=None, mode=None, **options) -> str:
     pil = Image.fromarray(image)
     if mode:
         pil = pil.convert(mode)
-    pil.save(path, format=fmt, quality=95) if fmt in (None, "JPEG") else pil.save(path, format=fmt)
+    if fmt in (None, "JPEG", "WEBP"):
+        options.setdefault("quality", 95)
+    pil.save(path, format=fmt, **options)
     return str(path)
 
 
@@ -49,6 +54,27 @@ def write_valid(folder, color) -> list[str]:
         save(rgba, folder / "rgba.png"),
         save(img, folder / "cmyk.jpg", fmt="JPEG", mode="CMYK"),
     ]
+
+
+def write_webp(folder, color) -> list[str]:
+    """Four WebP files of one colour: lossy, lossless, with alpha, and one named .jpg."""
+    os.makedirs(folder, exist_ok=True)
+    img = solid(color)
+    rgba = np.dstack([img, np.full(img.shape[:2], 90, np.uint8)])
+    return [
+        save(img, folder / "lossy.webp", fmt="WEBP"),
+        save(img, folder / "lossless.WEBP", fmt="WEBP", lossless=True),
+        save(rgba, folder / "alpha.webp", fmt="WEBP", lossless=True),
+        save(img, folder / "webp_named.jpg", fmt="WEBP"),
+    ]
+
+
+def animated_webp(path, colors, *, alpha: bool) -> str:
+    frames = [Image.fromarray(solid(color)) for color in colors]
+    if alpha:
+        frames = [Image.fromarray(np.dstack([solid(color), np.full((48, 64), 90, np.uint8)])) for color in colors]
+    frames[0].save(path, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    return str(path)
 
 
 def write_broken(folder) -> list[str]:
@@ -104,6 +130,23 @@ def test_decode_image_by_content_to_rgb(tmp_path):
         np.testing.assert_allclose(image.reshape(-1, 3).mean(0), [GRAY] * 3, atol=2)
 
 
+def test_decode_image_reads_webp(tmp_path):
+    for path in write_webp(tmp_path, RED):
+        contents = tf.io.read_file(path)
+        for image in (data.decode_image(contents), data.decode_for_size(contents, image_size=16)):
+            image = image.numpy()
+            assert image.dtype == np.uint8 and image.shape == (48, 64, 3), path
+            np.testing.assert_allclose(image.reshape(-1, 3).mean(0), RED, atol=4, err_msg=path)
+    # An animated WebP with alpha gives its first frame.
+    first = data.decode_image(tf.io.read_file(animated_webp(tmp_path / "anim.webp", [BLUE, RED], alpha=True)))
+    np.testing.assert_array_equal(first.numpy().reshape(-1, 3).mean(0), BLUE)
+    # TensorFlow cannot decode one without alpha (asked for its own channels it
+    # corrupts memory): a clear error, not a crash.
+    no_alpha = tf.io.read_file(animated_webp(tmp_path / "anim_rgb.webp", [BLUE, RED], alpha=False))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="animated WebP without alpha"):
+        data.decode_image(no_alpha)
+
+
 def test_load_image_files_skips_undecodable(tmp_path):
     valid = write_valid(tmp_path, BLUE)
     broken = [str(tmp_path / name) for name in write_broken(tmp_path)]
@@ -143,11 +186,15 @@ def test_reduced_dct_decode_matches_full_decode(tmp_path):
     image = np.stack([x / 1400 * 255, y / 1000 * 255, 128 + 100 * np.sin(x / 90) * np.cos(y / 70)], -1)
     path = save(image.astype(np.uint8), tmp_path / "big.jpg")
     contents = tf.io.read_file(path)
-    assert data._decode_for_size(contents, 64, "stretch").shape == (125, 175, 3)
-    assert data._decode_for_size(contents, 100, "stretch").shape == (250, 350, 3)
-    assert data._decode_for_size(contents, 400, "stretch").shape == (1000, 1400, 3)
+    assert data.decode_for_size(contents, image_size=64).shape == (125, 175, 3)
+    assert data.decode_for_size(contents, image_size=100).shape == (250, 350, 3)
+    assert data.decode_for_size(contents, image_size=400).shape == (1000, 1400, 3)
+    # pad maps the longer side (1400) to the target: 1/4 scale keeps 350 >= 1.5 * 200.
+    assert data.decode_for_size(contents, image_size=200, resize="pad").shape == (250, 350, 3)
+    assert data.decode_for_size(contents, image_size=200, resize="crop").shape == (500, 700, 3)
     for size in (64, 100):
-        fast = data._decode_and_resize(contents, size, "stretch").numpy().astype(float)
+        reduced = data.decode_for_size(contents, image_size=size)
+        fast = data.resize_image(reduced, image_size=size).numpy().astype(float)
         full = data.resize_image(data.decode_image(contents), image_size=size).numpy().astype(float)
         assert np.abs(fast - full).mean() < 1.0
 
@@ -162,8 +209,8 @@ def test_load_folder_counts_skips_and_colours(zoo):
     report = loaded.report
     assert loaded.class_names == ("blue", "gray", "red")
     assert report.skipped == 3 and sorted(report.skipped_files) == sorted(broken)
-    # notes.txt and README.md are ignored; .DS_Store is hidden and not counted.
-    assert report.ignored == 2
+    # notes.txt and README.md are ignored (and named); .DS_Store is hidden and not counted.
+    assert report.ignored == 2 and report.ignored_files == ["README.md", os.path.join("red", "notes.txt")]
     assert report.found == 8 + 3 + 8 + 3 + 2
     assert report.used == {"train": 14, "val": 5, "test": 0}
     assert report.found == sum(report.used.values()) + report.skipped + report.ignored
@@ -182,7 +229,35 @@ def test_load_folder_counts_skips_and_colours(zoo):
         np.testing.assert_allclose(image.reshape(-1, 3).mean(0), expected[int(label)], atol=4)
     import json
 
-    assert json.loads(json.dumps(report.to_dict()))["skipped_files"] == report.skipped_files
+    as_json = json.loads(json.dumps(report.to_dict()))
+    assert as_json["skipped_files"] == report.skipped_files
+    assert as_json["ignored_files"] == report.ignored_files and as_json["ignored"] == 2
+
+
+def test_load_folder_names_ignored_files_in_the_log(zoo, caplog):
+    root, broken = zoo
+    with caplog.at_level("WARNING", logger="keras_transfer.data"):
+        data.load_folder(root, image_size=16)
+    log = caplog.text
+    assert "Ignored 2 file(s)" in log and "README.md: a file beside the class folders" in log
+    assert os.path.join("red", "notes.txt") + ": extension '.txt' is not one of" in log
+    assert "Skipped 3 file(s)" in log and all(name in log for name in broken)
+
+
+def test_load_folder_reads_webp_files(tmp_path, caplog):
+    root = tmp_path / "webp"
+    write_webp(root / "red", RED)
+    write_webp(root / "blue", BLUE)
+    save(solid(BLUE, (2, 3)), root / "blue" / "tiny.webp", "WEBP")
+    animated_webp(root / "red" / "animated.webp", [RED, BLUE], alpha=False)  # TensorFlow cannot: skipped
+    with caplog.at_level("WARNING", logger="keras_transfer.data"):
+        loaded = data.load_folder(root, image_size=8, val_split=0.0)
+    report = loaded.report
+    assert (report.ignored, report.skipped, report.used["train"]) == (0, 1, 9)
+    assert os.path.join("red", "animated.webp") + ": an animated WebP without alpha channel" in caplog.text
+    images, labels = as_arrays(loaded.train)
+    for image, label in zip(images, labels):
+        np.testing.assert_allclose(image.reshape(-1, 3).mean(0), (BLUE, RED)[int(label)], atol=4)
 
 
 def test_folder_with_bad_files_trains(zoo):
@@ -222,38 +297,106 @@ def test_load_folder_file_cache_and_no_cache(zoo, tmp_path):
     np.testing.assert_array_equal(as_arrays(memory.train)[0], reference[0])
 
 
-def test_load_folder_argument_errors(tmp_path, zoo):
+@pytest.mark.parametrize("word", ["memory", "none"])
+def test_cache_words_write_no_files(zoo, tmp_path, monkeypatch, word):
     root, _ = zoo
-    with pytest.raises(ValueError, match=r"Received: val_split=1.5"):
+    monkeypatch.chdir(tmp_path)
+    loaded = data.load_folder(root, image_size=16, cache=word)
+    reference = data.load_folder(root, image_size=16, cache=word == "memory")
+    as_arrays(loaded.train)
+    assert sorted(os.listdir(tmp_path)) == ["zoo"]  # no "memory-…" / "none-…" cache files
+    for got, want in zip(as_arrays(loaded.train), as_arrays(reference.train)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("cache", ["", None, 1, 0.5, b"prefix", ["memory"]])
+def test_bad_cache_values_are_rejected(zoo, cache):
+    root, _ = zoo
+    expected = rf"True or 'memory' \(in memory\), False or 'none' \(no cache\), or a path.*Received: cache={re.escape(repr(cache))}$"
+    with pytest.raises(ValueError, match=expected):
+        data.load_folder(root, cache=cache)
+
+
+def test_load_folder_argument_errors(zoo):
+    root, _ = zoo
+    with pytest.raises(ValueError, match=r"Expected val_split to be a number >= 0 and < 1. Received: val_split=1.5"):
         data.load_folder(root, val_split=1.5)
     with pytest.raises(ValueError, match=r"Received: resize='zoom'"):
         data.load_folder(root, resize="zoom")
-    with pytest.raises(ValueError, match=r"Received: seed=-1"):
+    with pytest.raises(ValueError, match=r"Expected seed to be an int >= 0. Received: seed=-1"):
         data.load_folder(root, seed=-1)
-    with pytest.raises(ValueError, match=r"Received: cache=''"):
-        data.load_folder(root, cache="")
     with pytest.raises(ValueError, match=r"Received: image_size=0"):
         data.load_folder(root, image_size=0)
-    with pytest.raises(ValueError, match=r"does not exist.*one subfolder of images per class.*nowhere"):
-        data.load_folder(tmp_path / "nowhere")
-    flat = tmp_path / "flat"
-    write_valid(flat, RED)
-    with pytest.raises(ValueError, match="Found no class subfolders"):
-        data.load_folder(flat)
-    (tmp_path / "empty_class" / "a").mkdir(parents=True)
-    write_valid(tmp_path / "empty_class" / "b", RED)
-    (tmp_path / "empty_class" / "a" / "readme.txt").write_text("x")
-    with pytest.raises(ValueError, match=r"empty_class/a'? contains no image files"):
-        data.load_folder(tmp_path / "empty_class")
+    with pytest.raises(ValueError, match=r"Received: data_dir=3"):
+        data.load_folder(3)
+    with pytest.raises(ValueError, match="Received: batch_size=0"):
+        data.batch_dataset(tf.data.Dataset.range(3), batch_size=0)
+    with pytest.raises(ValueError, match=r"Received: image_size=0"):
+        data.decode_for_size(tf.constant(b""), image_size=0)
+
+
+def _nonexistent(tmp_path):
+    return tmp_path / "nowhere", tmp_path / "nowhere"
+
+
+def _a_file(tmp_path):
+    return Path(save(solid(RED), tmp_path / "photo.jpg")), tmp_path / "photo.jpg"
+
+
+def _empty(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".hidden").write_text("x")
+    return tmp_path / "empty", tmp_path / "empty"
+
+
+def _flat(tmp_path):
+    write_valid(tmp_path / "flat", RED)
+    return tmp_path / "flat", tmp_path / "flat"
+
+
+def _one_class(tmp_path):
+    write_valid(tmp_path / "one" / "cats", RED)
+    return tmp_path / "one", tmp_path / "one"
+
+
+def _class_without_images(tmp_path):
+    (tmp_path / "no_images" / "a").mkdir(parents=True)
+    write_valid(tmp_path / "no_images" / "b", RED)
+    (tmp_path / "no_images" / "a" / "readme.txt").write_text("x")
+    return tmp_path / "no_images", tmp_path / "no_images" / "a"
+
+
+def _class_all_undecodable(tmp_path):
     all_bad = tmp_path / "all_bad"
     write_valid(all_bad / "good", RED)
     (all_bad / "bad").mkdir()
     (all_bad / "bad" / "x.jpg").write_bytes(b"")
     (all_bad / "bad" / "y.png").write_text("nope")
-    with pytest.raises(ValueError, match=r"no image of class\(es\) \['bad'\] could be decoded"):
-        data.load_folder(all_bad)
-    with pytest.raises(ValueError, match="Received: batch_size=0"):
-        data.batch_dataset(tf.data.Dataset.range(3), batch_size=0)
+    return all_bad, all_bad / "bad"
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "says"),
+    [
+        (_nonexistent, FileNotFoundError, "does not exist"),
+        (_a_file, NotADirectoryError, "is a file, not a folder"),
+        (_empty, ValueError, "is empty"),
+        (_flat, ValueError, r"Found no class subfolders in .*: it holds 8 file\(s\)"),
+        (_one_class, ValueError, r"Found only one class folder, 'cats', .* needs at least 2 classes"),
+        (_class_without_images, ValueError, r"contains no image files .*'\.webp'.*readme\.txt"),
+        (_class_all_undecodable, ValueError, r"no image of class\(es\) \['bad'\] could be decoded"),
+    ],
+    ids=["nonexistent", "file", "empty", "no_class_folders", "one_class", "no_image_files", "all_undecodable"],
+)
+def test_bad_data_dir_is_named_with_what_is_valid(tmp_path, make, error, says):
+    data_dir, named = make(tmp_path)
+    with pytest.raises(error, match=says) as info:
+        data.load_folder(data_dir, image_size=16)
+    message = str(info.value)
+    assert str(named) in message
+    # What would be valid, and a ValueError for callers that catch those.
+    assert "one subfolder of images per class" in message or "decode_image reads" in message
+    assert isinstance(info.value, ValueError)
 
 
 # ---------------------------------------------------------------------------
@@ -340,6 +483,7 @@ def test_oxford_folder_without_annotations(tmp_path):
     assert report.used == {"train": 12, "val": 4, "test": 0}
     assert (report.skipped, report.skipped_files, report.ignored, report.found) == (
         1, ["images/beagle_9.jpg"], 2, 19)
+    assert report.ignored_files == ["images/Abyssinian_100.mat", "images/not_a_pet.jpg"]
     images, labels = as_arrays(loaded.train)
     colors = list(BREEDS.values())
     for image, label in zip(images, labels):
@@ -367,6 +511,7 @@ def test_oxford_folder_with_annotations(tmp_path):
     assert report.used == {"train": 8, "val": 4, "test": 3}
     # Ignored: the .mat, not_a_pet.jpg and Bengal_4 (in no split list).
     assert (report.ignored, report.skipped, report.found) == (3, 0, 18)
+    assert report.ignored_files == ["images/Abyssinian_100.mat", "images/not_a_pet.jpg", "images/Bengal_4.jpg"]
     assert report.per_class["Bengal"] == {"train": 2, "val": 1, "test": 0}
     assert len(loaded.test) == 3
     _, test_labels = as_arrays(loaded.test)
@@ -376,8 +521,31 @@ def test_oxford_folder_with_annotations(tmp_path):
 def test_oxford_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="Found no images/ folder"):
         data.load_oxford_pets(tmp_path)
-    with pytest.raises(ValueError, match="Received: target='breeds'"):
+    with pytest.raises(ValueError, match="Expected target to be one of 'breed', 'species'. Received: target='breeds'"):
         data.load_oxford_pets(tmp_path, target="breeds")
+    with pytest.raises(FileNotFoundError, match=r"'.*nowhere' does not exist. Expected an Oxford-IIIT Pet folder"):
+        data.load_oxford_pets(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("list_name", ["trainval", "list", "test"])
+@pytest.mark.parametrize(
+    "bad_line",
+    ["Abyssinian_2 1 one 1", "Abyssinian_2 1 1", "Abyssinian_2 1 3 1", "Abyssinian_2 1 1 1 extra"],
+    ids=["not_an_int", "three_fields", "bad_species", "five_fields"],
+)
+def test_oxford_malformed_annotation_line_is_named(tmp_path, list_name, bad_line):
+    write_oxford(tmp_path)
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    # Comments and blank lines are allowed; the bad line is line 4.
+    (ann / f"{list_name}.txt").write_text(f"#Image CLASS-ID SPECIES BREED ID\nAbyssinian_1 1 1 1\n\n{bad_line}\n")
+    with pytest.raises(ValueError) as info:
+        data.load_oxford_pets(tmp_path, image_size=16)
+    message = str(info.value)
+    assert isinstance(info.value, CorruptFileError)
+    assert f"line 4 of the Oxford annotation list {str(ann / f'{list_name}.txt')!r}" in message
+    assert repr(bad_line) in message and "Image CLASS-ID SPECIES BREED-ID" in message
+    assert "invalid literal" not in message
 
 
 # ---------------------------------------------------------------------------
@@ -385,7 +553,7 @@ def test_oxford_folder_errors(tmp_path):
 
 
 def test_tfds_offline_fails_fast_with_instructions(tmp_path):
-    if data.probe(data._TFDS_SOURCES["oxford_iiit_pet"]["url"], timeout=2) is None:
+    if data.probe(data.TFDS_SOURCES["oxford_iiit_pet"]["url"], timeout=2) is None:
         pytest.skip("the network is reachable here; the offline path cannot be tested")
     start = time.perf_counter()
     with pytest.raises(DatasetUnavailableError) as info:
@@ -455,6 +623,7 @@ def test_prepared_tfds_dataset_loads_without_network(tmp_path):
 # Real photos in ../shared/data.
 
 
+@pytest.mark.real
 def test_real_oxford_pets_folder(shared_data, tmp_path):
     root = os.path.join(shared_data, "oxford_pets")
     loaded = data.load_oxford_pets(root, image_size=48, seed=0)
@@ -462,6 +631,7 @@ def test_real_oxford_pets_folder(shared_data, tmp_path):
     assert len(loaded.class_names) == 37 and loaded.class_names[0] == "Abyssinian"
     # 694 photos, 692 annotated (all trainval; no test.txt): 2 ignored.
     assert (report.found, report.ignored, report.skipped) == (694, 2, 0)
+    assert report.ignored_files == ["images/Abyssinian_34.jpg", "images/Abyssinian_82.jpg"]
     assert report.used["train"] + report.used["val"] == 692 and report.used["test"] == 0
     assert all(counts["val"] >= 1 for counts in report.per_class.values())
     # Without annotations every photo is used, the GIF Abyssinian_34.jpg too.
@@ -475,6 +645,7 @@ def test_real_oxford_pets_folder(shared_data, tmp_path):
     assert kept and gif.shape == (1, 48, 48, 3) and gif.std() > 10
 
 
+@pytest.mark.real
 def test_real_cats_vs_dogs_folder(shared_data):
     loaded = data.load_cats_vs_dogs(os.path.join(shared_data, "cats_vs_dogs", "train"), image_size=32)
     report = loaded.report
