@@ -74,13 +74,15 @@ def fail_fast_downloads(*, what: str):
     def guarded(url, filename, *args, **kwargs):
         reason = probe(url)
         if reason is not None:
+            # Where Keras looks for the file: $KERAS_HOME/models/<file>.
             name = os.path.basename(urllib.parse.urlparse(url).path)
+            target = os.fspath(filename) if filename else os.path.join(keras_home(), "models", name)
+            name = os.path.basename(target)
             raise WeightsUnavailableError(
-                f"Cannot download the {what}: {reason}.\n"
-                f"  file: {name}\n  from: {url}\n"
-                f"This machine seems to be offline. Download that file elsewhere, then either copy it to "
-                f"{os.path.join(keras_home(), 'models', name)} (set KERAS_HOME to choose the folder; it "
-                f"must be writable), or pass its path as weights (--weights PATH on the command line)."
+                f"Cannot download the {what} ({reason}); this machine seems to be offline. "
+                f"Download {url} elsewhere and copy it to {target} "
+                f"($KERAS_HOME/models/{name}; KERAS_HOME defaults to ~/.keras and must be writable), "
+                f"or pass the file as weights= (training commands: --weights PATH)."
             )
         return original(url, filename, *args, **kwargs)
 

@@ -12,13 +12,17 @@ import dataclasses
 import difflib
 import os
 import re
+import zipfile
 from collections.abc import Callable
 
 import keras
 
 from keras_transfer import _downloads
+from keras_transfer.errors import CorruptFileError
 
 WEIGHTS_CHOICES_HELP = '"imagenet", a path to a weights file, or None'
+# What `keras.Model.load_weights` reads (by extension).
+WEIGHTS_EXTENSIONS = (".weights.h5", ".h5", ".hdf5", ".keras")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,14 +173,38 @@ def resolve_alpha(spec: BackboneSpec, alpha: float | None) -> float | None:
 
 
 def check_weights(weights: str | os.PathLike | None) -> str | None:
-    """Validates `weights`: "imagenet", an existing file, or None."""
-    if weights is None or weights == "imagenet":
-        return weights
+    """Validates a backbone `weights` argument (also the `--weights` flag's value).
+
+    Args:
+        weights: `None` (random initialization; the string `"none"` too, as
+            on the command line), `"imagenet"`, or the path of an existing
+            weights file that `keras.Model.load_weights` reads (see
+            `WEIGHTS_EXTENSIONS`). Only the path is checked here: a file
+            that is not readable HDF5 is reported as `CorruptFileError` by
+            `build_backbone`, when the weights are loaded.
+
+    Returns:
+        `None`, `"imagenet"` or the path as a `str`.
+
+    Raises:
+        ValueError: for any other value; the message names it.
+    """
+    if weights is None:
+        return None
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"Expected weights to be {WEIGHTS_CHOICES_HELP}. Received: weights={weights!r}")
     path = os.fspath(weights)
+    if not os.path.isfile(path) and path.lower() in ("imagenet", "none"):
+        return None if path.lower() == "none" else "imagenet"
     if not os.path.isfile(path):
         raise ValueError(
             f"Expected weights to be {WEIGHTS_CHOICES_HELP}; no file exists at that path. "
             f"Received: weights={weights!r}"
+        )
+    if not path.endswith(WEIGHTS_EXTENSIONS):
+        raise ValueError(
+            f"Expected a weights file ending in one of {', '.join(WEIGHTS_EXTENSIONS)} "
+            f"(what keras.Model.load_weights reads). Received: weights={weights!r}"
         )
     return path
 
@@ -227,6 +255,8 @@ def build_backbone(
         keras_transfer.WeightsUnavailableError: when the ImageNet weights are
             neither cached nor downloadable (offline machine); raised within
             seconds, with instructions.
+        keras_transfer.errors.CorruptFileError: when `weights` is a file
+            that cannot be read (not HDF5, truncated, empty).
     """
     spec = get_backbone_spec(name)
     size = check_image_size(spec, image_size)
@@ -253,3 +283,16 @@ def build_backbone(
             # Keras' own message (e.g. an alpha or size without ImageNet
             # weights) is kept; the registry name is added for context.
             raise ValueError(f"Could not build backbone {spec.name!r} with {kwargs}: {error}") from error
+        except (OSError, EOFError, zipfile.BadZipFile) as error:
+            # h5py (or zipfile, for a `.keras` file) cannot read the weights file.
+            if weights is None or weights == "imagenet" or isinstance(error, PermissionError):
+                raise
+            raise CorruptFileError(
+                f"The weights file {weights!r} cannot be read ({_first_line(error)}); expected weights "
+                f"of {spec.name!r} saved by Keras (HDF5 .h5 / .weights.h5, or a .keras file)."
+            ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -9,7 +9,7 @@ range.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
 
 import keras
 from keras import ops
@@ -119,7 +119,9 @@ class InferenceBackbone(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        # Deserializing a functional model pops keys from its config: copy it
+        # so that the caller's config is left as it was.
+        config["backbone"] = keras.saving.deserialize_keras_object(copy.deepcopy(config["backbone"]))
         return cls(**config)
 
 
@@ -222,7 +224,3 @@ def build_augmentation(
         )
     return keras.Sequential(layers, name=name)
 
-
-def layer_names(layers: Sequence[keras.layers.Layer]) -> list[str]:
-    """The names of `layers`, for error messages."""
-    return [layer.name for layer in layers]

@@ -14,13 +14,20 @@ the training loop can find the parts of a loaded model.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import difflib
+import functools
+import numbers
 import os
+import random
+import zipfile
 from collections.abc import Sequence
 
 import keras
 
 from keras_transfer import backbones as backbones_lib
+from keras_transfer import files
+from keras_transfer.errors import CorruptFileError
 from keras_transfer.layers import (
     FeatureStandardization,
     ImagePreprocessing,
@@ -46,10 +53,10 @@ def build_classifier(
     alpha: float | None = None,
     weights: str | os.PathLike | None = "imagenet",
     pooling: str = "avg",
-    dropout: float = 0.2,
+    dropout: float = 0.0,
     augmentation: bool | keras.Layer = False,
     standardize_features: bool = True,
-    head_l2: float = 0.0,
+    kernel_l2: float = 0.0,
     name: str | None = None,
 ) -> keras.Model:
     """Builds a transfer-learning classifier; the backbone starts frozen.
@@ -66,16 +73,20 @@ def build_classifier(
         weights: `"imagenet"`, a path to a weights file of the backbone, or
             `None`. Defaults to `"imagenet"`.
         pooling: `"avg"` or `"max"` global pooling. Defaults to `"avg"`.
-        dropout: dropout rate before the logits; 0 disables it. Defaults to
-            `0.2`.
+        dropout: dropout rate before the logits; 0 adds no `dropout` layer.
+            Defaults to `0.0` (as `TrainConfig`).
         augmentation: `True` for `keras_transfer.layers.build_augmentation()`,
             a Keras layer of your own, or `False` for none. Active only in
             training. Defaults to `False`.
         standardize_features: put a `FeatureStandardization` layer between
             pooling and the head (identity until its statistics are set,
             e.g. by `set_feature_statistics`). Defaults to `True`.
-        head_l2: L2 factor on the logits kernel (Keras `L2` regularizer,
-            added to the mean loss); 0 disables it. Defaults to `0.0`.
+        kernel_l2: the raw Keras L2 factor of the logits kernel `W`: the
+            training loss (a mean over the batch) gets
+            `kernel_l2 * sum(W ** 2)` (`keras.regularizers.L2`). 0 adds no
+            regularizer. This is not `TrainConfig.head_l2`, which is on
+            scikit-learn's `1 / C` scale: `train` passes
+            `kernel_l2=head_l2 / (2 * n_train)`. Defaults to `0.0`.
         name: model name. Defaults to `"<backbone>_classifier"`.
 
     Returns:
@@ -90,8 +101,8 @@ def build_classifier(
         raise ValueError(f"Expected pooling in ('avg', 'max'). Received: pooling={pooling!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"Expected 0 <= dropout < 1. Received: dropout={dropout!r}")
-    if not head_l2 >= 0.0:
-        raise ValueError(f"Expected head_l2 >= 0. Received: head_l2={head_l2!r}")
+    if isinstance(kernel_l2, bool) or not isinstance(kernel_l2, numbers.Real) or not kernel_l2 >= 0.0:
+        raise ValueError(f"Expected kernel_l2 to be a number >= 0. Received: kernel_l2={kernel_l2!r}")
 
     base = backbones_lib.build_backbone(spec.name, image_size=size, alpha=alpha, weights=weights)
     base.trainable = False
@@ -112,7 +123,7 @@ def build_classifier(
         x = keras.layers.Dropout(dropout, name=DROPOUT_NAME)(x)
     # float32 logits even under a mixed precision policy: softmax and loss
     # stay numerically safe, and attacks get exact logits.
-    regularizer = keras.regularizers.L2(head_l2) if head_l2 else None
+    regularizer = keras.regularizers.L2(kernel_l2) if kernel_l2 else None
     # A zero-initialized linear head (as in BiT) starts from uniform
     # predictions instead of random logits of the size of the standardized
     # features, which would dominate a head trained on few images.
@@ -170,6 +181,120 @@ def get_backbone(model: keras.Model) -> keras.Model:
     return layer.backbone if isinstance(layer, InferenceBackbone) else layer
 
 
+def find_layer(model: keras.Model, layer: str | int) -> keras.layers.Layer:
+    """A layer of a backbone by name or index, with close names suggested on error.
+
+    Args:
+        model: a backbone (any `keras.Model`: its own top-level layers are
+            searched) or a classifier built here (its backbone's layers are
+            searched, as `fine_tune_at`, `unfreeze_backbone(from_layer=...)`
+            and `plot_feature_maps(layer=...)` mean).
+        layer: a layer name, or an index into the layers (negative counts
+            from the end, as in Python).
+
+    Raises:
+        ValueError: for an unknown name (naming it and suggesting close
+            names) or an index out of range (naming it and the layer count).
+    """
+    if _is_classifier(model):
+        model = get_backbone(model)
+    return _pick_layer(model.name, list(model.layers), layer)
+
+
+def check_layer_name(
+    backbone: str,
+    layer: str | int,
+    *,
+    alpha: float | None = None,
+    image_size: int | None = None,
+) -> str:
+    """Checks a backbone layer name or index without building a classifier.
+
+    The backbone is built once per `(backbone, alpha, image_size)` with
+    `weights=None` (no download, about a second for MobileNetV2) and its
+    layer names are cached, so a mistyped `fine_tune_at` or feature-map layer
+    is reported before any data is read. The build leaves Keras' automatic
+    layer names and Python's random state as they were, so a model built
+    afterwards is the same as without the check.
+
+    Args:
+        backbone: registry name of the backbone.
+        layer: a layer name, or an index (negative counts from the end).
+        alpha: width multiplier of MobileNet families. Defaults to `None`.
+        image_size: input size. Defaults to the backbone's default size.
+
+    Returns:
+        The layer's name.
+
+    Raises:
+        ValueError: for an unknown name (with close names) or an index out
+            of range, or a bad backbone/alpha/size.
+    """
+    spec = backbones_lib.get_backbone_spec(backbone)
+    size = backbones_lib.check_image_size(spec, image_size)
+    alpha = backbones_lib.resolve_alpha(spec, alpha)
+    model_name, names = _backbone_layer_names(spec.name, alpha, size)
+    return _pick_layer(model_name, names, layer)
+
+
+@functools.lru_cache(maxsize=16)
+def _backbone_layer_names(name: str, alpha: float | None, size: int) -> tuple[str, tuple[str, ...]]:
+    with _unchanged_keras_state():
+        model = backbones_lib.build_backbone(name, image_size=size, alpha=alpha, weights=None)
+    return model.name, tuple(layer.name for layer in model.layers)
+
+
+@contextlib.contextmanager
+def _unchanged_keras_state():
+    """Restores Keras' automatic-name counters and Python's random state on exit.
+
+    Keras numbers unnamed layers from global counters, and unseeded
+    initializers draw their seeds from Python's `random`: a throwaway build
+    must touch neither, or the next real model would differ.
+    """
+    from keras.src.backend.common import global_state
+
+    uids = global_state.get_global_attribute("object_name_uids")
+    saved_uids = None if uids is None else uids.copy()
+    saved_random = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(saved_random)
+        if saved_uids is None:
+            global_state.set_global_attribute("object_name_uids", None)
+        else:
+            uids.clear()
+            uids.update(saved_uids)
+            global_state.set_global_attribute("object_name_uids", uids)
+
+
+def _pick_layer(model_name: str, layers: Sequence, layer: str | int):
+    """`layers[layer]` by index or name; `layers` are Layers or names."""
+    names = [item if isinstance(item, str) else item.name for item in layers]
+    if isinstance(layer, numbers.Integral) and not isinstance(layer, bool):
+        if not -len(names) <= layer < len(names):
+            raise ValueError(
+                f"Layer index out of range: backbone {model_name!r} has {len(names)} layers "
+                f"(indices {-len(names)} to {len(names) - 1}). Received: layer={layer}"
+            )
+        return layers[int(layer)]
+    if not isinstance(layer, str):
+        raise ValueError(f"Expected a layer name (str) or index (int). Received: layer={layer!r}")
+    if layer not in names:
+        close = difflib.get_close_matches(layer, names, n=5)
+        hint = f"Close matches: {close}. " if close else ""
+        raise ValueError(
+            f"Backbone {model_name!r} has no layer {layer!r}. {hint}"
+            f"It has {len(names)} layers, from {names[0]!r} to {names[-1]!r}."
+        )
+    return layers[names.index(layer)]
+
+
+def _is_classifier(model: keras.Model) -> bool:
+    return any(layer.name == BACKBONE_NAME and isinstance(layer, InferenceBackbone) for layer in model.layers)
+
+
 def freeze_backbone(model: keras.Model) -> None:
     """Makes the whole backbone non-trainable (phase 1: train the head only)."""
     get_backbone(model).trainable = False
@@ -179,7 +304,7 @@ def unfreeze_backbone(
     model: keras.Model,
     *,
     top_n: int | None = None,
-    from_layer: str | None = None,
+    from_layer: str | int | None = None,
     train_batchnorm: bool = False,
 ) -> int:
     """Makes the top of the backbone trainable for fine-tuning (phase 2).
@@ -193,8 +318,8 @@ def unfreeze_backbone(
         model: a classifier from `build_classifier`.
         top_n: unfreeze the last `top_n` layers of the backbone. Defaults to
             `None`.
-        from_layer: unfreeze from this backbone layer (inclusive) to the end.
-            Defaults to `None`. With neither argument the whole backbone is
+        from_layer: unfreeze from this backbone layer (a name or an index,
+            see `find_layer`; inclusive) to the end. Defaults to `None`. With neither argument the whole backbone is
             unfrozen.
         train_batchnorm: also train BatchNormalization scale and offset.
             Defaults to `False`.
@@ -214,16 +339,8 @@ def unfreeze_backbone(
             raise ValueError(f"Expected top_n to be an int >= 0. Received: top_n={top_n!r}")
         start = max(len(layers) - top_n, 0)
     elif from_layer is not None:
-        names = [layer.name for layer in layers]
-        if from_layer not in names:
-            import difflib
-
-            close = difflib.get_close_matches(from_layer, names, n=5)
-            raise ValueError(
-                f"Backbone {backbone.name!r} has no layer {from_layer!r}. Close matches: {close}. "
-                f"It has {len(names)} layers, from {names[0]!r} to {names[-1]!r}."
-            )
-        start = names.index(from_layer)
+        chosen = find_layer(backbone, from_layer)
+        start = next(index for index, layer in enumerate(layers) if layer is chosen)
     backbone.trainable = True
     count = 0
     for index, layer in enumerate(layers):
@@ -278,16 +395,30 @@ def image_size_of(model: keras.Model) -> int:
 
 
 def save_class_names(class_names: Sequence[str], path: str | os.PathLike) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(list(class_names), f, indent=1)
+    """Writes the class names as a JSON list, atomically."""
+    files.write_json(path, list(class_names))
 
 
 def load_class_names(path: str | os.PathLike) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        names = json.load(f)
+    """Reads a JSON list of class names; an unreadable file raises `CorruptFileError`."""
+    names = files.read_json(path, what="class names file")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"Expected {os.fspath(path)!r} to hold a JSON list of class names.")
+        raise CorruptFileError(f"Expected {os.fspath(path)!r} to hold a JSON list of class names.")
     return names
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> str:
+    """Saves `model` as a `.keras` file, atomically (a kill never leaves half a file).
+
+    Returns:
+        The path written.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"Expected a path ending in `.keras`. Received: path={path!r}")
+    with files.atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+    return path
 
 
 def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model:
@@ -299,13 +430,40 @@ def load_model(path: str | os.PathLike, *, compile: bool = False) -> keras.Model
             training. Prediction, visualization and attacks do not need them,
             and skipping them avoids Keras' warning about optimizer variables
             that a finished run never built. Defaults to `False`.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: `path` does not end in `.keras`.
+        keras_transfer.errors.CorruptFileError: the file is not a readable
+            `.keras` archive (truncated, empty, another format renamed).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"No model file at {path!r}.")
-    if not path.endswith(".keras"):
-        raise ValueError(f"Expected a `.keras` model file. Received: path={path!r}")
-    return keras.saving.load_model(path, compile=compile)
+    if not path.endswith(".keras") or os.path.isdir(path):
+        raise ValueError(
+            f"Expected a `.keras` model file saved by keras_transfer (e.g. a run's model.keras). "
+            f"Received: path={path!r}"
+        )
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"Cannot read the model file {path!r}: permission denied.")
+    if not zipfile.is_zipfile(path):
+        raise CorruptFileError(
+            f"The model file {path!r} is not a `.keras` archive (empty, truncated or another format); "
+            "save it again or use another copy."
+        )
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError) as error:
+        raise CorruptFileError(
+            f"The model file {path!r} cannot be read ({type(error).__name__}: {_first_line(error)}); "
+            "save it again or use another copy."
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def as_logits_model(model: keras.Model) -> keras.Model:

@@ -51,7 +51,8 @@ def linear_probe(
         val_features: `(m, d)` features of the validation split.
         val_labels: `(m,)` integer labels.
         C: inverse L2 regularization strength of scikit-learn's
-            `LogisticRegression`. Defaults to `1.0`.
+            `LogisticRegression`; `TrainConfig.head_l2` is on the scale of
+            `1 / C`. Defaults to `1.0`.
         max_iter: iteration cap of the lbfgs solver. Defaults to `3000`.
     """
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import keras
@@ -10,9 +11,11 @@ import pytest
 
 import keras_transfer as kt
 from keras_transfer import _downloads
-from keras_transfer.backbones import BACKBONES, get_backbone_spec
-from keras_transfer.layers import ImagePreprocessing
+from keras_transfer.backbones import BACKBONES, check_weights, get_backbone_spec
+from keras_transfer.errors import CorruptFileError
+from keras_transfer.layers import PREPROCESSING_MODES, ImagePreprocessing
 from conftest import requires_shared
+from helpers import assert_layer_round_trip
 
 ALL = sorted(BACKBONES)
 
@@ -26,6 +29,13 @@ def test_in_model_preprocessing_equals_keras_preprocess_input(name, rng):
     np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-6, atol=1e-4)
 
 
+@pytest.mark.parametrize("mode", PREPROCESSING_MODES)
+def test_preprocessing_layer_survives_serialization(mode, rng, tmp_path):
+    images = rng.uniform(0, 255, size=(2, 9, 7, 3)).astype("float32")
+    assert_layer_round_trip(ImagePreprocessing(mode, name=f"preprocessing_{mode}"), images, tmp_path)
+
+
+@pytest.mark.slow
 def test_every_registered_backbone_builds_and_rescales_exactly_once():
     """All families build; the ones whose preprocess_input is a pass-through rescale inside."""
     for name in ALL:
@@ -69,6 +79,31 @@ def test_bad_arguments_are_named_in_the_error(kwargs, fragment):
         kt.build_backbone(**kwargs)
 
 
+def test_check_weights_accepts_imagenet_none_or_a_weights_file(tmp_path):
+    path = tmp_path / "backbone.weights.h5"
+    path.write_bytes(b"")
+    assert check_weights(None) is None and check_weights("none") is None
+    assert check_weights("imagenet") == "imagenet"
+    assert check_weights(path) == str(path)
+    text = tmp_path / "notes.txt"
+    text.write_text("not weights")
+    for bad in ("imagenett", str(tmp_path / "missing.h5"), 3, str(text)):
+        with pytest.raises(ValueError, match=re.escape(f"weights={bad!r}")):
+            check_weights(bad)
+
+
+def test_an_unreadable_weights_file_is_reported_as_corrupt(tmp_path):
+    text = tmp_path / "text.weights.h5"
+    text.write_text("these are not weights\n")
+    source = tmp_path / "source.weights.h5"
+    kt.build_backbone("mobilenet", alpha=0.25, image_size=32, weights=None).save_weights(source)
+    truncated = tmp_path / "truncated.weights.h5"
+    truncated.write_bytes(source.read_bytes()[:5000])
+    for path in (text, truncated):
+        with pytest.raises(CorruptFileError, match=path.name):
+            kt.build_backbone("mobilenet", alpha=0.25, image_size=32, weights=path)
+
+
 def test_weights_from_a_file_path(tmp_path):
     source = kt.build_backbone("mobilenet_v3_small", image_size=32, weights=None)
     path = str(tmp_path / "backbone.weights.h5")
@@ -93,10 +128,13 @@ def test_missing_imagenet_weights_fail_fast_offline(monkeypatch, tmp_path):
         kt.build_backbone("vgg16", weights="imagenet")
     assert time.monotonic() - start < 10
     message = str(info.value)
-    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
-    assert "KERAS_HOME" in message and "--weights" in message
+    name = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert f"https://storage.googleapis.com/tensorflow/keras-applications/vgg16/{name}" in message
+    assert str(tmp_path / "models" / name) in message and f"$KERAS_HOME/models/{name}" in message
+    assert "weights=" in message and "(training commands: --weights PATH)" in message
 
 
+@pytest.mark.real
 @requires_shared
 def test_real_mobilenet_v2_weights_load_offline(keras_home):
     """The ordinary call finds the real weights in the temporary KERAS_HOME."""

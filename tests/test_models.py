@@ -11,7 +11,10 @@ import tensorflow as tf
 
 import keras_transfer as kt
 from keras_transfer import classes, imagenet, models
+from keras_transfer.errors import CorruptFileError
+from keras_transfer.layers import FeatureStandardization, InferenceBackbone
 from conftest import requires_shared
+from helpers import assert_layer_round_trip
 
 TINY = {"backbone": "mobilenet", "alpha": 0.25, "weights": None, "image_size": 32}
 
@@ -25,17 +28,41 @@ def images(rng, n=4, size=32):
 
 
 def test_classifier_layout_and_frozen_backbone():
-    model = tiny_classifier(augmentation=True)
+    model = tiny_classifier(augmentation=True, dropout=0.2)
     names = [layer.name for layer in model.layers]
     assert names == ["image", "augmentation", "preprocessing", "backbone", "pooling", "feature_standardization",
                      "dropout", "logits"]
     assert model.output_shape == (None, 3)
     assert not models.get_backbone(model).trainable
     assert [w.name for w in model.trainable_weights] == ["kernel", "bias"]
+    # The defaults are the training defaults: no dropout, no regularizer.
+    default = tiny_classifier()
+    assert "dropout" not in [layer.name for layer in default.layers]
+    assert default.get_layer("logits").kernel_regularizer is None
+
+
+def test_kernel_l2_is_the_raw_keras_factor(rng):
+    model = tiny_classifier(kernel_l2=0.25)
+    kernel = rng.normal(size=(256, 3)).astype("float32")
+    model.get_layer("logits").set_weights([kernel, np.zeros(3, "float32")])
+    model(images(rng, n=1))
+    (penalty,) = model.losses
+    np.testing.assert_allclose(float(penalty), 0.25 * np.sum(kernel.astype("float64") ** 2), rtol=1e-5)
+
+
+def test_layers_survive_serialization(tmp_path, rng):
+    standardization = FeatureStandardization(name="standardization")
+    standardization.build((None, 5))
+    standardization.set_statistics(rng.normal(2.0, 3.0, size=(20, 5)))
+    assert_layer_round_trip(standardization, rng.normal(size=(4, 5)).astype("float32"), tmp_path)
+
+    backbone = kt.build_backbone("mobilenet", alpha=0.25, image_size=32, weights=None)
+    wrapped = InferenceBackbone(backbone, name="wrapped_backbone")
+    assert_layer_round_trip(wrapped, images(rng) / 127.5 - 1.0, tmp_path)
 
 
 def test_keras_round_trip_predicts_identically(tmp_path, rng):
-    model = tiny_classifier(augmentation=True)
+    model = tiny_classifier(augmentation=True, dropout=0.2)
     x = images(rng)
     # Make the head non-trivial so equal predictions mean something.
     model.get_layer("logits").set_weights([rng.normal(size=(256, 3)).astype("float32"), np.arange(3.0)])
@@ -59,8 +86,65 @@ def test_load_model_errors_name_the_path(tmp_path):
         kt.load_model(tmp_path / "nothing.keras")
     other = tmp_path / "model.h5"
     other.write_bytes(b"x")
-    with pytest.raises(ValueError, match="model.h5"):
+    with pytest.raises(ValueError, match=r"model\.h5") as info:
         kt.load_model(other)
+    assert "`.keras` model file saved by keras_transfer" in str(info.value)
+
+
+def test_a_corrupt_model_file_is_reported_as_such(tmp_path):
+    good = models.save_model(tiny_classifier(), tmp_path / "good.keras")
+    data = open(good, "rb").read()
+    for name, content in [("text.keras", b"not a model\n"), ("empty.keras", b""),
+                          ("truncated.keras", data[: len(data) // 2])]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(CorruptFileError, match=name):
+            kt.load_model(path)
+
+
+def test_save_model_is_atomic_and_loads_back(tmp_path, rng):
+    model = tiny_classifier()
+    path = models.save_model(model, tmp_path / "model.keras")
+    assert os.listdir(tmp_path) == ["model.keras"]  # no temporary file left
+    x = images(rng)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), kt.load_model(path).predict(x, verbose=0))
+    with pytest.raises(ValueError, match="model.h5"):
+        models.save_model(model, tmp_path / "model.h5")
+
+
+def test_find_layer_by_name_or_index_with_suggestions():
+    model = tiny_classifier()
+    backbone = models.get_backbone(model)
+    assert models.find_layer(model, "conv_pw_13") is backbone.get_layer("conv_pw_13")  # a classifier: its backbone
+    assert models.find_layer(backbone, "conv_pw_13") is backbone.get_layer("conv_pw_13")
+    assert models.find_layer(backbone, 1) is backbone.layers[1]
+    assert models.find_layer(backbone, -1) is backbone.layers[-1]
+    with pytest.raises(ValueError, match=r"'conv_pw_14'.*Close matches: .*'conv_pw_13'"):
+        models.find_layer(model, "conv_pw_14")
+    n = len(backbone.layers)
+    with pytest.raises(ValueError, match=f"has {n} layers.*layer={n}"):
+        models.find_layer(backbone, n)
+
+
+def test_check_layer_name_needs_no_model_and_changes_nothing():
+    keras.utils.set_random_seed(0)
+    before = tiny_classifier(weights=None)
+    names = [l.name for l in models.get_backbone(before).layers]
+    weights = [w.numpy() for w in before.weights]
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    models._backbone_layer_names.cache_clear()
+    assert models.check_layer_name("mobilenet", "conv_pw_13", alpha=0.25, image_size=32) == "conv_pw_13"
+    assert models.check_layer_name("mobilenet", 3, alpha=0.25, image_size=32) == names[3]
+    with pytest.raises(ValueError, match=r"'conv_pw_14'.*conv_pw_1"):
+        models.check_layer_name("mobilenet", "conv_pw_14", alpha=0.25, image_size=32)
+    with pytest.raises(ValueError, match="layer=1000"):
+        models.check_layer_name("mobilenet", 1000, alpha=0.25, image_size=32)
+    # The throwaway build left automatic names and random state alone.
+    after = tiny_classifier(weights=None)
+    assert [l.name for l in models.get_backbone(after).layers] == names
+    for a, b in zip(weights, after.weights):
+        np.testing.assert_array_equal(a, b.numpy())
 
 
 def test_backbone_stays_in_inference_mode_while_fine_tuning(rng, tiny_backbone_weights):
@@ -128,6 +212,7 @@ def test_logits_are_float32_under_mixed_precision(rng):
     ({"num_classes": 1}, "num_classes=1"),
     ({"pooling": "mean"}, "pooling='mean'"),
     ({"dropout": 1.5}, "dropout=1.5"),
+    ({"kernel_l2": -1.0}, "kernel_l2=-1.0"),
 ])
 def test_bad_classifier_arguments(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
@@ -176,6 +261,7 @@ def test_class_names_for_a_saved_model(tmp_path):
     assert classes.class_names_for_model(None, 1000)[281] == "tabby"
 
 
+@pytest.mark.real
 @requires_shared
 def test_real_mobilenet_imagenet_classifier_sees_cats_and_dogs(shared_data):
     """Real MobileNet 0.25 with its ImageNet top: cat photos -> cat classes, dog photos -> dog classes."""

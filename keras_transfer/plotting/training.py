@@ -254,31 +254,17 @@ def plot_feature_maps(
 
 
 def _backbone_layer(backbone, layer: str | int | None):
+    """The chosen layer (see `keras_transfer.models.find_layer`), or the first convolution."""
     import keras
 
-    layers = backbone.layers
-    if layer is None:
-        for candidate in layers:
-            if isinstance(candidate, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
-                return candidate
-        raise ValueError(f"Backbone {backbone.name!r} has no convolution layer; pass layer=")
-    if isinstance(layer, int) and not isinstance(layer, bool):
-        if not -len(layers) <= layer < len(layers):
-            raise ValueError(
-                f"Layer index out of range: backbone {backbone.name!r} has {len(layers)} layers. "
-                f"Received: layer={layer}"
-            )
-        return layers[layer]
-    names = [l.name for l in layers]
-    if layer not in names:
-        import difflib
+    from keras_transfer import models as models_lib
 
-        close = difflib.get_close_matches(str(layer), names, n=5)
-        raise ValueError(
-            f"Backbone {backbone.name!r} has no layer {layer!r}. Close matches: {close}. "
-            f"It has {len(names)} layers, from {names[0]!r} to {names[-1]!r}."
-        )
-    return backbone.get_layer(layer)
+    if layer is not None:
+        return models_lib.find_layer(backbone, layer)
+    for candidate in backbone.layers:
+        if isinstance(candidate, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            return candidate
+    raise ValueError(f"Backbone {backbone.name!r} has no convolution layer; pass layer=")
 
 
 def figure_to_png(fig: Figure, *, dpi: int = 100) -> bytes:
