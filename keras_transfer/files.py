@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +45,14 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of `atomic_path`'s temporary names (left by a killed write)."""
+    return bool(_TEMPORARY.match(name))
 
 
 def _extension(name: str) -> str:

@@ -9,7 +9,7 @@
       state/run.json             fingerprint and per-phase state (resume)
       state/features.npz         cached backbone features of phase 1
       state/initial.weights.h5   the starting weights (same on resumption)
-      state/head.weights.h5      the classifier after phase 1
+      state/head.weights.h5      the classifier after phase 1 (fine_tune.weights.h5: phase 2)
       state/history_<phase>.json epoch records + the name of the epoch backup
       state/backup_<phase>/epoch_<n>.weights.h5   weights after epoch n
 
@@ -42,9 +42,13 @@ _RUN_STATE = "run.json"
 _FEATURES = "features.npz"
 _INITIAL_WEIGHTS = "initial.weights.h5"
 _HEAD_WEIGHTS = "head.weights.h5"
+_FINE_TUNE_WEIGHTS = "fine_tune.weights.h5"
 
 # What --overwrite may remove: only what a run writes.
 RUN_OUTPUTS = (MODEL_FILE, CLASSES_FILE, METRICS_FILE, TENSORBOARD_DIR, STATE_DIR, WORKERS_DIR)
+
+
+_HELD: set[str] = set()
 
 
 @contextlib.contextmanager
@@ -58,6 +62,10 @@ def folder_lock(root: str | os.PathLike, *, command: str | None = None) -> Itera
 
     root = files.check_writable_dir(root)
     path = os.path.join(root, LOCK_FILE)
+    key = os.path.realpath(path)
+    if key in _HELD:  # this process holds it already (a command around `train`)
+        yield
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -69,7 +77,11 @@ def folder_lock(root: str | os.PathLike, *, command: str | None = None) -> Itera
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()}{f' ({command})' if command else ''}".encode(), 0)
-        yield
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
     finally:
         os.close(fd)  # releases the lock
 
@@ -91,7 +103,14 @@ class RunFolder:
         return os.path.join(self.state_dir, name)
 
     def prepare(self) -> None:
+        """Creates the state folder and removes temporary files that a killed write left."""
         os.makedirs(self.state_dir, exist_ok=True)
+        folders = [self.root] + [folder for folder, _, _ in os.walk(self.state_dir)]
+        for folder in folders:
+            for name in os.listdir(folder):
+                if files.is_temporary(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, name))
 
     # ------------------------------------------------------------- run state
     def load_state(self) -> dict[str, Any]:
@@ -115,7 +134,7 @@ class RunFolder:
         return os.path.isfile(self._weights_path(which))
 
     def save_weights(self, model, which: str) -> None:
-        """`which`: "initial" or "head"."""
+        """`which`: "initial" (before training) or a phase name (after it)."""
         with files.atomic_path(self._weights_path(which), suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
 
@@ -123,7 +142,7 @@ class RunFolder:
         self._load_weights_file(model, self._weights_path(which), f"{which} weights")
 
     def _weights_path(self, which: str) -> str:
-        return self._state_path({"initial": _INITIAL_WEIGHTS, "head": _HEAD_WEIGHTS}[which])
+        return self._state_path(f"{which}.weights.h5")
 
     def _load_weights_file(self, model, path: str, what: str) -> None:
         try:
@@ -185,8 +204,9 @@ class RunFolder:
 
     # --------------------------------------------------------------- outputs
     def save_model(self, model) -> None:
-        with files.atomic_path(self.path(MODEL_FILE), suffix=".keras") as tmp:
-            model.save(tmp)
+        from keras_transfer.models import save_model
+
+        save_model(model, self.path(MODEL_FILE))
 
     def write_outputs(self, model, class_names, metrics: Mapping[str, Any]) -> None:
         """The final files; the model first, so that `metrics.json` means a complete run."""
@@ -196,7 +216,7 @@ class RunFolder:
 
     def finish(self) -> None:
         """Drops what only a resumption needed (the small state files stay)."""
-        for name in (_INITIAL_WEIGHTS, _HEAD_WEIGHTS, _FEATURES):
+        for name in (_INITIAL_WEIGHTS, _HEAD_WEIGHTS, _FINE_TUNE_WEIGHTS, _FEATURES):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self._state_path(name))
         for phase in ("head", "fine_tune"):

@@ -59,14 +59,14 @@ def test_help_documents_every_flag():
 
 def test_flags_become_the_configuration(tmp_path):
     weights = tmp_path / "backbone.weights.h5"
-    weights.write_bytes(b"")
+    weights.write_bytes(b"")  # only its existence is checked here; its content when the model is built
     args = folder.build_parser().parse_args([
         "--data-dir", "x", "--backbone", "MobileNetV2", "--alpha", "0.35", "--weights", str(weights),
         "--image-size", "96", "--fine-tune-at", "-20", "--no-augment", "--no-cache-features",
         "--mixed-precision", "auto", "--jit-compile", "--strategy", "mirrored", "--early-stopping", "3",
         "--data-cache", "none", "--resize", "crop", "--val-split", "0.1", "--output-dir", str(tmp_path / "out"),
     ])
-    config = _common.config_from_args(args, dataset="folder")
+    config = folder.COMMAND.config_from_args(args)
     assert config.train.backbone == "MobileNetV2" and config.train.alpha == 0.35
     assert config.train.weights == str(weights)
     assert config.train.fine_tune_at == -20
@@ -74,33 +74,38 @@ def test_flags_become_the_configuration(tmp_path):
     assert config.train.mixed_precision == "auto" and config.train.jit_compile and config.train.strategy == "mirrored"
     assert config.train.early_stopping_patience == 3
     assert config.image_size == 96
-    assert config.data.loader_cache() is False and config.data.resize == "crop" and config.data.val_split == 0.1
+    assert config.data.cache == "none" and config.data.resize == "crop" and config.data.val_split == 0.1
 
-    defaults = _common.config_from_args(folder.build_parser().parse_args(["--data-dir", "x"]), dataset="folder")
+    defaults = folder.COMMAND.config_from_args(folder.build_parser().parse_args(["--data-dir", "x"]))
     assert defaults.image_size == 224 and defaults.train.weights == "imagenet" and defaults.train.augment
-    assert defaults.data.loader_cache() is True and defaults.output_dir == os.path.join("runs", "folder")
+    assert defaults.data.cache == "memory" and defaults.output_dir == os.path.join("runs", "folder")
     named = folder.build_parser().parse_args(
         ["--data-dir", "x", "--fine-tune-at", "block_13_expand", "--weights", "none"]
     )
-    assert _common.config_from_args(named, dataset="folder").train.fine_tune_at == "block_13_expand"
+    assert folder.COMMAND.config_from_args(named).train.fine_tune_at == "block_13_expand"
     assert named.weights is None
 
 
 def test_bad_flags_exit_with_a_usage_error(capsys):
     parser = folder.build_parser()
     for argv, message in (
-        (["--data-dir", "x", "--val-split", "1.5"], "expected a number in [0, 1). Received: '1.5'"),
-        (["--data-dir", "x", "--weights", "no/such/file.h5"], "Received: 'no/such/file.h5'"),
-        (["--data-dir", "x", "--strategy", "tpu"], "invalid choice: 'tpu'"),
+        (["--data-dir", "x", "--val-split", "1.5"], "expected a number >= 0 and < 1. Received: --val-split 1.5"),
+        (["--data-dir", "x", "--strategy", "tpu"], "expected one of 'default', 'mirrored', 'multi_worker'"),
         (["--backbone", "mobilenet"], "the following arguments are required: --data-dir"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             folder.main(argv)
         assert exit_info.value.code == 2
-        assert message in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        folder.main(["--data-dir", "x", "--backbone", "mobilenett"])
-    assert "Unknown backbone" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    # Values checked by the configuration: same status, one line.
+    for argv, message in (
+        (["--data-dir", "x", "--weights", "no/such/file.h5"], "Received: weights='no/such/file.h5'"),
+        (["--data-dir", "x", "--backbone", "mobilenett"], "Unknown backbone"),
+    ):
+        assert folder.main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
     assert parser.prog.endswith("folder")
 
 
@@ -142,13 +147,13 @@ def test_folder_cli_writes_every_promised_file(image_folder, tmp_path, capsys):
     assert os.listdir(out / "tensorboard" / "train") and os.listdir(out / "tensorboard" / "validation")
 
     # A different configuration in the same folder is refused with one message...
-    assert folder.main([*argv, "--epochs", "3"]) == 1
+    assert folder.main([*argv, "--epochs", "3"]) == 2
     err = capsys.readouterr().err
     assert "epochs: saved 2, now 3" in err and "--overwrite" in err and "Traceback" not in err
     # ...and --overwrite clears only the run's own files.
     (out / "notes.txt").write_text("mine")
     _common.clear_outputs(str(out))
-    assert sorted(os.listdir(out)) == ["notes.txt"]
+    assert sorted(os.listdir(out)) == [".lock", "notes.txt"]  # the lock file stays: runs exclude each other by it
 
 
 def test_offline_weights_give_one_clean_error(image_folder, tmp_path, monkeypatch, capsys):
@@ -158,17 +163,19 @@ def test_offline_weights_give_one_clean_error(image_folder, tmp_path, monkeypatc
         "--data-dir", image_folder, "--output-dir", str(tmp_path / "run"), "--backbone", "mobilenet_v3_small",
         "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "0", "--verbose", "0",
     ]
-    assert folder.main(argv) == 1
+    assert folder.main(argv) == 2
     err = capsys.readouterr().err
     assert "Cannot download the ImageNet weights of 'mobilenet_v3_small'" in err
     assert "simulated: no route to host" in err and "--weights PATH" in err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # Reported before any image was decoded: the run folder holds nothing of a run.
+    assert not (tmp_path / "run" / "state").exists()
 
 
 def test_interrupted_cli_says_how_to_resume(monkeypatch, capsys):
-    def interrupted(config):
+    def interrupted(config, load):
         raise KeyboardInterrupt
 
-    code = _common.main(["--data-dir", "x"], parser=folder.build_parser(), dataset="folder", run=interrupted)
-    assert code == 130
+    monkeypatch.setattr(_common, "run_experiment", interrupted)
+    assert folder.main(["--data-dir", "x"]) == 130
     assert "Run the same command again to continue" in capsys.readouterr().err

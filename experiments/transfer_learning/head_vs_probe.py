@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from keras_transfer import data as data_lib
-from keras_transfer import models, training
+from keras_transfer import evaluation, models, phases
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PETS = os.path.join(HERE, "..", "..", "..", "shared", "data", "oxford_pets")
@@ -38,18 +38,23 @@ def objective(kernel, bias, features, labels):
 
 def fit_head(train_x, train_y, val_x, *, num_classes, learning_rate, cosine, seed):
     keras.utils.set_random_seed(seed)
+    # train()'s defaults: head_l2 = 1 on scikit-learn's 1/C scale, no dropout.
     model = models.build_classifier("mobilenet_v2", num_classes=num_classes, image_size=224, weights=None,
-                                    dropout=0.0, head_l2=1.0 / (2 * len(train_y)))  # train()'s defaults
-    models.set_feature_statistics(model, train_x)
-    head = models.head(model)
+                                    kernel_l2=1.0 / (2 * len(train_y)))
     epochs, batch = 100, 32
-    rate = learning_rate
     if cosine:
+        # A schedule is not a phase option: fit the shared head directly with it.
+        models.set_feature_statistics(model, train_x)
+        head = models.head(model)
         rate = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * -(-len(train_y) // batch))
-    head.compile(optimizer=keras.optimizers.Adam(rate),
-                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    head.fit(training._feature_batches(train_x, train_y, batch_size=batch, shuffle=True, seed=seed),
-             epochs=epochs, verbose=0)
+        head.compile(optimizer=keras.optimizers.Adam(rate),
+                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        head.fit(phases.feature_batches(train_x, train_y, batch_size=batch, shuffle=True, seed=seed),
+                 epochs=epochs, verbose=0)
+    else:
+        phases.fit_head_on_features(model, train_x, train_y, epochs=epochs, learning_rate=learning_rate,
+                                    batch_size=batch, seed=seed)
+        head = models.head(model)
     kernel, bias = (np.asarray(w) for w in model.get_layer(models.LOGITS_NAME).get_weights())
     # The head's objective in its own feature space: the model's standardization of train_x.
     standardized = np.asarray(model.get_layer(models.STANDARDIZATION_NAME)(train_x))
@@ -64,10 +69,9 @@ def main():
     for seed in args.seeds:
         data = data_lib.load_oxford_pets(PETS, image_size=224, seed=seed)
         model = models.build_classifier("mobilenet_v2", num_classes=len(data.class_names), image_size=224)
-        extractor = models.feature_extractor(model)
-        train_x = training._extract_features(extractor, data.train, 32)
-        val_x = training._extract_features(extractor, data.val, 32)
-        train_y, val_y = training.labels_of(data.train), training.labels_of(data.val)
+        train_x = phases.extract_features(model, data.train, batch_size=32)
+        val_x = phases.extract_features(model, data.val, batch_size=32)
+        train_y, val_y = evaluation.labels_of(data.train), evaluation.labels_of(data.val)
         scaler = StandardScaler().fit(train_x)
         scaled = scaler.transform(train_x)
         probe = LogisticRegression(C=1.0, max_iter=3000).fit(scaled, train_y)

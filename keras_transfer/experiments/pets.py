@@ -12,27 +12,9 @@ classifies cat vs dog instead of breeds. Run with `--help` for every option.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
 from keras_transfer import data as data_lib
-from keras_transfer import training
 from keras_transfer.experiments import _common
-
-DATASET = "pets"
-
-
-def build_parser():
-    return _common.build_parser(
-        prog="python -m keras_transfer.experiments.pets",
-        description="Two-phase transfer learning (head on a frozen backbone, then fine-tuning) on the "
-                    "Oxford-IIIT Pet dataset.",
-        dataset=DATASET,
-        data_dir_help="manually downloaded Oxford-IIIT Pet folder with images/ and optionally annotations/ "
-                      "(default: tensorflow-datasets)",
-        data_dir_required=False,
-        tfds=True,
-        pets_target=True,
-    )
 
 
 def load(config: _common.ExperimentConfig) -> data_lib.ImageData:
@@ -42,20 +24,23 @@ def load(config: _common.ExperimentConfig) -> data_lib.ImageData:
         val_split=config.data.val_split,
         seed=config.train.seed,
         resize=config.data.resize,
-        cache=config.data.loader_cache(),
+        cache=config.data.cache,
         tfds_data_dir=config.data.tfds_data_dir,
         target=config.data.target,
     )
 
 
-def run(config: _common.ExperimentConfig) -> training.TrainResult:
-    """Trains on Oxford-IIIT Pet and writes every output into `config.output_dir`."""
-    return _common.run_experiment(config, load)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return _common.main(argv, parser=build_parser(), dataset=DATASET, run=run)
-
+COMMAND = _common.TrainingCommand(
+    dataset="pets",
+    description="Two-phase transfer learning (head on a frozen backbone, then fine-tuning) on the "
+                "Oxford-IIIT Pet dataset.",
+    data_dir_help="manually downloaded Oxford-IIIT Pet folder with images/ and optionally annotations/ "
+                  "(default: tensorflow-datasets)",
+    load=load,
+    data_flags_skipped=(),
+)
+build_parser = COMMAND.build_parser
+main = COMMAND.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,294 @@
+"""The phase loop both training phases share, and the head-on-features building blocks.
+
+- `run_phase(plan, ...)`: one `Model.fit` on Keras' engine with the run's
+  callbacks, resuming from the last completed epoch that the run folder
+  holds (records and weights are committed together after every epoch).
+- `extract_features` / `feature_batches` / `fit_head_on_features`: phase 1's
+  fast path (keras.io's transfer-learning guide): the backbone's pooled
+  features are computed once and the classifier's own head is fitted on
+  them. Public, so that studies and later capabilities reuse them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_transfer import data as data_lib
+from keras_transfer import models as models_lib
+from keras_transfer.run_folder import NoRunFolder, RunFolder
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """How a phase runs (the same for both phases of a run)."""
+
+    jit_compile: bool = False
+    verbose: int = 1
+    early_stopping_patience: int | None = None
+    tensorboard_dir: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PhasePlan:
+    """One phase: what to fit, on what, for which epochs of the run's epoch axis.
+
+    Attributes:
+        name: `"head"` or `"fine_tune"` (names its files in the run folder).
+        model: the model `fit` trains (the classifier, or its head).
+        train: batched, shuffling training dataset.
+        val: batched validation dataset, or `None`.
+        first_epoch: the phase's first epoch on the run's axis.
+        epochs: epochs of the phase.
+        learning_rate: Adam learning rate.
+    """
+
+    name: str
+    model: keras.Model
+    train: tf.data.Dataset
+    val: tf.data.Dataset | None
+    first_epoch: int
+    epochs: int
+    learning_rate: float
+
+    @property
+    def end_epoch(self) -> int:
+        return self.first_epoch + self.epochs
+
+
+def compile_classifier(model: keras.Model, *, learning_rate: float, jit_compile: bool = False) -> None:
+    """Adam, sparse cross-entropy on logits, accuracy."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+    )
+
+
+class EpochCommit(keras.callbacks.Callback):
+    """Records every epoch's logs and learning rate; commits them with the weights.
+
+    After each epoch the run folder saves the weights (with the optimizer
+    state) and then the records that name them, atomically: a kill at any
+    instant leaves the last completed epoch restorable. A repeated epoch
+    (after a resumption) overwrites its earlier record.
+    """
+
+    def __init__(self, phase: str, records: dict[int, dict[str, float]], run: RunFolder, *, on_commit=None):
+        super().__init__()
+        self.phase = phase
+        self.records = records
+        self.run = run
+        self.on_commit = on_commit
+
+    def on_epoch_end(self, epoch, logs=None):
+        entry = {}
+        for key, value in (logs or {}).items():
+            try:
+                entry[key] = float(np.asarray(value))
+            except (TypeError, ValueError):
+                continue
+        entry["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.records[int(epoch)] = entry
+        self.run.save_epoch(self.phase, self.records, self.model, int(epoch))
+        if self.on_commit is not None:
+            self.on_commit()
+
+
+def run_phase(
+    plan: PhasePlan,
+    *,
+    options: FitOptions,
+    run: RunFolder | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    on_commit: Callable[[], None] | None = None,
+) -> dict[int, dict[str, float]]:
+    """Fits `plan.model` for the phase's epochs, resuming from `run`'s last committed epoch.
+
+    Args:
+        plan: the phase.
+        options: how it runs.
+        run: the run folder (resume state and epoch backups). Defaults to
+            `None` (nothing written).
+        callbacks: more Keras callbacks (e.g. TensorBoard images), called
+            before the epoch is committed.
+        on_commit: called after every committed epoch. Defaults to `None`.
+
+    Returns:
+        The records of the phase's epochs, by epoch of the run's axis.
+
+    Raises:
+        FloatingPointError: the loss became NaN or infinite.
+    """
+    run = run or NoRunFolder()
+    compile_classifier(plan.model, learning_rate=plan.learning_rate, jit_compile=options.jit_compile)
+    records, backup = run.load_history(plan.name)
+    start = plan.first_epoch
+    if backup is not None:
+        # The optimizer's variables are in the backup: build it before loading.
+        plan.model.optimizer.build(plan.model.trainable_variables)
+        run.restore_epoch(plan.model, backup)
+        start = max(records) + 1
+    if start < plan.end_epoch:
+        plan.model.fit(
+            plan.train,
+            validation_data=plan.val,
+            initial_epoch=start,
+            epochs=plan.end_epoch,
+            callbacks=_callbacks(plan, options, run, records, callbacks, on_commit),
+            shuffle=False,  # the datasets shuffle themselves, reproducibly
+            verbose=options.verbose,
+        )
+    check_finite(plan.name, records, plan.learning_rate)
+    return records
+
+
+def _callbacks(plan, options, run, records, extra, on_commit) -> list[keras.callbacks.Callback]:
+    # Order matters at the end of an epoch: logs and images are written
+    # before the epoch is committed as done.
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    if options.tensorboard_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=options.tensorboard_dir, write_graph=False))
+    callbacks.extend(extra)
+    if options.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss" if plan.val is not None else "loss",
+                patience=options.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    callbacks.append(EpochCommit(plan.name, records, run, on_commit=on_commit))
+    return callbacks
+
+
+def check_finite(phase: str, records: Mapping[int, Mapping[str, float]], learning_rate: float) -> None:
+    """Raises `FloatingPointError` when a recorded training loss is not finite."""
+    for epoch in sorted(records):
+        loss = records[epoch].get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(
+                f"The training loss became {loss} in epoch {epoch + 1} (phase {phase!r}); training stopped. "
+                f"Try a lower learning rate (it was {learning_rate:g}) or mixed_precision='off'."
+            )
+
+
+def history_from_records(records: Mapping[int, Mapping[str, float]]) -> dict[str, list[float]]:
+    """`{"epoch": [...], key: [...]}` from records by epoch."""
+    epochs = sorted(records)
+    keys: list[str] = []
+    for epoch in epochs:
+        keys.extend(k for k in records[epoch] if k not in keys)
+    history: dict[str, list[float]] = {"epoch": [int(e) for e in epochs]}
+    for key in keys:
+        history[key] = [float(records[e].get(key, math.nan)) for e in epochs]
+    return history
+
+
+# ---------------------------------------------------------------------------
+# Datasets and the head on cached features.
+
+
+def distribution_options(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Shards by element across workers: our datasets come from memory, not files."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def image_batches(ds: tf.data.Dataset, *, batch_size: int, shuffle: bool = False, seed: int | None = None):
+    """Batches of an unbatched uint8 `(image, label)` split, as float32 for the model."""
+    batches = data_lib.batch_dataset(ds, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    # The model casts too, but uint8 batches on the host stay 4x smaller.
+    batches = batches.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return distribution_options(batches)
+
+
+def feature_batches(features: np.ndarray, labels: np.ndarray, *, batch_size: int, shuffle: bool = False, seed: int = 0):
+    """Batches of `(features, labels)` held in memory (shuffled each epoch when `shuffle`)."""
+    ds = tf.data.Dataset.from_tensor_slices((features, np.asarray(labels).astype(np.int32)))
+    if shuffle:
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    return distribution_options(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def mirrored(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """The split's images flipped left-right."""
+    return ds.map(lambda image, label: (tf.image.flip_left_right(image), label))
+
+
+def extract_features(model: keras.Model, ds: tf.data.Dataset, *, batch_size: int = 32) -> np.ndarray:
+    """The pooled backbone features of a classifier for an unbatched `(image, label)` split.
+
+    Args:
+        model: a classifier from `keras_transfer.models.build_classifier`.
+        ds: unbatched uint8 `(image, label)` dataset.
+        batch_size: inference batch size. Defaults to `32`.
+    """
+    extractor = models_lib.feature_extractor(model)
+    features = extractor.predict(image_batches(ds, batch_size=batch_size), verbose=0)
+    return np.asarray(features, dtype=np.float32)
+
+
+def fit_head_on_features(
+    model: keras.Model,
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    *,
+    val_features: np.ndarray | None = None,
+    val_labels: np.ndarray | None = None,
+    epochs: int = 100,
+    learning_rate: float = 1e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    options: FitOptions | None = None,
+    run: RunFolder | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    first_epoch: int = 0,
+    on_commit: Callable[[], None] | None = None,
+) -> dict[int, dict[str, float]]:
+    """Trains the classifier's head (`models.head(model)`) on precomputed features.
+
+    The classifier's feature standardization (if any) is set to the
+    training features' statistics first, as phase 1 does.
+
+    Args:
+        model: the classifier whose head is trained (in place).
+        train_features: `(n, d)` pooled backbone features.
+        train_labels: `(n,)` labels.
+        val_features: validation features. Defaults to `None`.
+        val_labels: validation labels. Defaults to `None`.
+        epochs: epochs. Defaults to `100`.
+        learning_rate: Adam learning rate. Defaults to `1e-3`.
+        batch_size: batch size. Defaults to `32`.
+        seed: shuffling seed. Defaults to `0`.
+        options: how the phase runs. Defaults to `FitOptions(verbose=0)`.
+        run: run folder for resumption. Defaults to `None`.
+        callbacks: more Keras callbacks. Defaults to `()`.
+        first_epoch: the phase's first epoch on the run's axis. Defaults to `0`.
+        on_commit: called after every committed epoch. Defaults to `None`.
+
+    Returns:
+        The per-epoch records.
+    """
+    models_lib.set_feature_statistics(model, train_features)
+    val = None
+    if val_features is not None:
+        val = feature_batches(val_features, val_labels, batch_size=batch_size)
+    plan = PhasePlan(
+        name="head",
+        model=models_lib.head(model),
+        train=feature_batches(train_features, train_labels, batch_size=batch_size, shuffle=True, seed=seed),
+        val=val,
+        first_epoch=first_epoch,
+        epochs=epochs,
+        learning_rate=learning_rate,
+    )
+    return run_phase(plan, options=options or FitOptions(verbose=0), run=run, callbacks=callbacks,
+                     on_commit=on_commit)
