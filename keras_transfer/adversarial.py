@@ -20,9 +20,11 @@ attack is targeted is the criterion's business, not a flag:
 
 Units and guarantees. Images are RGB pixels in [0, 255], like every model of
 this package takes them, and `eps` is in the same pixel units (L-inf `eps=4`
-allows every channel of every pixel to move by up to 4 levels). Every result
-lies inside the epsilon ball around its original and inside [0, 255] (exactly
-for uint8 results; float32 results up to float32 rounding).
+allows every channel of every pixel to move by up to 4 levels; radii beyond
+255 for L-inf, or beyond the pixel cube's diagonal for L2, are rejected: see
+`max_radius`). Every result lies inside the epsilon ball around its original
+and inside [0, 255] (exactly for uint8 results; float32 results up to float32
+rounding).
 
 Saved images still work. By default (`quantize=True`) the attack returns uint8
 images, and success is decided on those very images: at every step the
@@ -71,6 +73,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer import models as models_lib
+from keras_transfer import settings
+from keras_transfer.settings import Choice, Flag, Int, Optional, Real, setting
 
 PIXEL_MIN = 0.0
 PIXEL_MAX = 255.0
@@ -226,6 +230,58 @@ def norm_name(norm: str | int | float) -> str:
     elif isinstance(norm, str) and norm.strip().lower() in _NORM_ALIASES:
         return _NORM_ALIASES[norm.strip().lower()]
     raise ValueError(f"Expected norm in {NORMS} (or np.inf, 2, 'linf', 'l2'). Received: norm={norm!r}")
+
+
+def max_radius(norm: str | int | float, image_shape: Sequence[int] | None = None) -> float:
+    """The largest change worth asking for, in pixel units of [0, 255].
+
+    For L-inf, 255 (every pixel may then take any value); for L2, the
+    diagonal of the pixel cube, `255 * sqrt(height * width * channels)`, or
+    `inf` when `image_shape` is not given.
+    """
+    if norm_name(norm) == "inf":
+        return PIXEL_MAX
+    if image_shape is None:
+        return math.inf
+    return PIXEL_MAX * math.sqrt(float(np.prod(image_shape)))
+
+
+def check_radius(
+    name: str, value: float | None, norm: str | int | float, image_shape: Sequence[int] | None = None
+) -> None:
+    """Raises `ValueError` naming `value` when it exceeds `max_radius(norm, image_shape)`."""
+    limit = max_radius(norm, image_shape)
+    if value is not None and value > limit:
+        where = "L-inf" if norm_name(norm) == "inf" else f"L2 on {'x'.join(map(str, image_shape))} images"
+        raise ValueError(
+            f"Expected {name} to be <= {limit:g} ({where}, pixel units of [0, 255]). Received: {name}={value!r}"
+        )
+
+
+def round_into_ball(x, x0, *, norm: str | int | float, eps: float) -> np.ndarray:
+    """Integer images inside the `eps` ball around `x0` and inside [0, 255], close to `x`.
+
+    The rounding `quantize=True` attacks apply at every step: to nearest,
+    except where that would leave the ball, where pixels are rounded toward
+    the original (for L2 the fewest and least-changed pixels needed).
+
+    Args:
+        x: float images inside the ball and inside [0, 255].
+        x0: integer-valued originals, same shape.
+        norm: `"inf"` or `"2"`.
+        eps: the radius, in pixel units.
+
+    Returns:
+        float32 images holding integers.
+    """
+    eps = float(eps)
+    rounded = _NORMS[norm_name(norm)].quantize(
+        tf.constant(x, tf.float32),
+        tf.constant(x0, tf.float32),
+        tf.constant(eps, tf.float32),
+        tf.constant(math.floor(eps), tf.float32),
+    )
+    return np.asarray(rounded, np.float32)
 
 
 def perturbation_norms(originals, adversarials) -> tuple[np.ndarray, np.ndarray]:
@@ -391,7 +447,7 @@ def predict_logits(model: keras.Model, images, *, batch_size: int = 32) -> np.nd
     Returns:
         float32 array `(batch, num_classes)`.
     """
-    _check_batch_size(batch_size)
+    batch_size = _checked(_BATCH_SIZE, "batch_size", batch_size)
     forward = _forward_fn(model)
     images = np.asarray(images)
     outputs = [
@@ -527,23 +583,17 @@ class AttackResult:
         return float(np.mean(self.success)) if len(self.success) else float("nan")
 
     @property
-    def predictions(self) -> np.ndarray:
-        return np.argmax(self.logits, axis=-1)
-
-    @property
     def probabilities(self) -> np.ndarray:
-        return _softmax(self.logits)
+        return softmax(self.logits)
 
     @property
     def images_per_second(self) -> float:
         return len(self.success) / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _softmax(logits) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+def softmax(logits) -> np.ndarray:
+    """Class probabilities of `logits` (`keras.ops.softmax` in float64, returned as float32)."""
+    return keras.ops.convert_to_numpy(keras.ops.softmax(np.asarray(logits, np.float64), axis=-1)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------
@@ -551,22 +601,22 @@ def _softmax(logits) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"Expected batch_size to be an int >= 1. Received: batch_size={batch_size!r}")
+_BATCH_SIZE = Int(min=1)
+_POSITIVE = Real(min=0, min_open=True)
+_EPSILONS = settings.Many(Real(min=0))
+_NORM_HELP = "norm of the ball: 'inf' or '2' (also np.inf, 2, 'linf', 'l2')."
+_EPS_HELP = "radius of the ball, in pixel units of the [0, 255] input (at most 255 for L-inf)."
+_EARLY_STOP_HELP = "stop each image as soon as it meets the criterion; False runs every step."
+_SEED = Optional(Int(min=0))
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _check(ok: bool, obj, name: str, valid: str) -> None:
-    if not ok:
-        raise ValueError(f"Expected {name} {valid}. Received: {name}={getattr(obj, name)!r}")
+def _checked(kind: settings.Kind, name: str, value):
+    """`value` (a numpy integer as an int) when `kind` accepts it; else the kind's `ValueError`."""
+    if isinstance(value, np.integer):
+        value = int(value)
+    if not kind.accepts(value):
+        raise kind.error(name, value)
+    return value
 
 
 def _as_images(images, model: keras.Model, *, quantize: bool) -> np.ndarray:
@@ -606,10 +656,36 @@ def _as_images(images, model: keras.Model, *, quantize: bool) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _GradientAttack(abc.ABC):
-    """The loop shared by every attack; subclasses only describe a `_Plan`."""
+    """The loop shared by every attack; subclasses only describe a `_Plan`.
 
-    quantize: bool = True
+    Fields are `keras_transfer.settings.setting`s (default, valid values and
+    help declared together), checked when the attack is made.
+    """
+
+    quantize: bool = setting(
+        True, kind=Flag(),
+        help="return uint8 images, judged after rounding (see the module docstring); False returns float32.",
+    )
     name: ClassVar[str] = ""
+
+    def __post_init__(self):
+        if hasattr(self, "norm"):
+            object.__setattr__(self, "norm", norm_name(self.norm))
+        settings.validate(self)
+        self.check_radii()
+
+    def _radii(self) -> list[tuple[str, float | None, str]]:
+        """`(name, value, norm)` of every field in pixel units, bounded by `max_radius`."""
+        return []
+
+    def check_radii(self, image_shape: Sequence[int] | None = None) -> None:
+        """Raises `ValueError` when `eps` or the step exceeds `max_radius` for images of `image_shape`.
+
+        Checked when the attack is made (L-inf), and again by `__call__`
+        with the images' shape (L2).
+        """
+        for name, value, norm in self._radii():
+            check_radius(name, value, norm, image_shape)
 
     @abc.abstractmethod
     def _plan(self) -> _Plan: ...
@@ -650,12 +726,12 @@ class _GradientAttack(abc.ABC):
         Returns:
             An `AttackResult`.
         """
-        _check_batch_size(batch_size)
-        if seed is not None and (not _is_int(seed) or seed < 0):
-            raise ValueError(f"Expected seed to be None or an int >= 0. Received: seed={seed!r}")
+        batch_size = _checked(_BATCH_SIZE, "batch_size", batch_size)
+        seed = _checked(_SEED, "seed", seed)
         plan = self._plan()
         start = time.perf_counter()
         x0 = _as_images(images, model, quantize=plan.quantize)
+        self.check_radii(x0.shape[1:])
         targeted, classes = resolve_criterion(criterion, model, x0, batch_size=batch_size)
         adversarial, logits, success, steps = _run(model, x0, classes, targeted, plan, batch_size, seed, verbose)
         if plan.quantize:
@@ -671,6 +747,93 @@ class _GradientAttack(abc.ABC):
         )
 
 
+@dataclasses.dataclass
+class _Outcome:
+    """Per-image results of `_run`, filled in as images finish."""
+
+    adversarial: np.ndarray
+    logits: np.ndarray
+    success: np.ndarray
+    spent: np.ndarray  # gradient steps per image
+    budget_spent: list[int]  # images whose last iterate still needs a look
+
+    @classmethod
+    def empty(cls, x0: np.ndarray, num_classes: int) -> _Outcome:
+        n = len(x0)
+        return cls(
+            adversarial=np.empty_like(x0),
+            logits=np.zeros((n, num_classes), np.float32),
+            success=np.zeros(n, bool),
+            spent=np.zeros(n, np.int32),
+            budget_spent=[],
+        )
+
+
+class _Pool:
+    """The images being attacked, in slots of variables that the compiled step updates in place."""
+
+    def __init__(self, capacity: int, image_shape: tuple[int, ...]):
+        self.spec = [None, *image_shape]
+        self.x = tf.Variable(tf.zeros([capacity, *image_shape]), shape=self.spec, trainable=False)
+        self.x0 = tf.Variable(tf.zeros([capacity, *image_shape]), shape=self.spec, trainable=False)
+        self.cls = tf.Variable(tf.zeros([capacity], tf.int32), shape=[None], trainable=False)
+        self.slot_image = np.full(capacity, -1)  # which image each slot holds
+
+    def free(self) -> np.ndarray:
+        return np.flatnonzero(self.slot_image < 0)
+
+    def fill(self, slots: np.ndarray, images: np.ndarray, starts, originals, classes) -> None:
+        where = tf.constant(slots[:, None], tf.int32)
+        self.x.scatter_nd_update(where, starts)
+        self.x0.scatter_nd_update(where, originals)
+        self.cls.scatter_nd_update(where, classes)
+        self.slot_image[slots] = images
+
+    def shrink(self) -> bool:
+        """Keeps only the slots still running; `False` when none is."""
+        keep = np.flatnonzero(self.slot_image >= 0)
+        if keep.size == 0:
+            return False
+        self.x = tf.Variable(tf.gather(self.x, keep), shape=self.spec, trainable=False)
+        self.x0 = tf.Variable(tf.gather(self.x0, keep), shape=self.spec, trainable=False)
+        self.cls = tf.Variable(tf.gather(self.cls, keep), shape=[None], trainable=False)
+        self.slot_image = self.slot_image[keep]
+        return True
+
+
+def _starts(x0: np.ndarray, images: np.ndarray, plan: _Plan, base_seed: int) -> np.ndarray:
+    """The first iterates of `images`: the originals, or random points of the ball around them."""
+    starts = x0[images]
+    if plan.random_start:
+        # One generator per image: its start depends only on the seed and its
+        # index, not on the batch size.
+        norm = _NORMS[plan.norm]
+        shape = (1, *x0.shape[1:])
+        noise = np.concatenate([norm.sample(np.random.default_rng([base_seed, int(i)]), shape, plan.eps) for i in images])
+        starts = np.clip(starts + noise, PIXEL_MIN, PIXEL_MAX, out=noise)
+    return starts
+
+
+def _collect(outcome: _Outcome, pool: _Pool, seen, logits, ok, plan: _Plan) -> int:
+    """Records the images of `pool` that succeeded or used every step, frees their slots; returns how many."""
+    ok = ok.numpy() & plan.early_stop
+    images = pool.slot_image
+    outcome.spent[images] += 1
+    out_of_budget = ~ok & (outcome.spent[images] >= plan.steps)
+    if ok.any():
+        rows = np.flatnonzero(ok)
+        outcome.adversarial[images[rows]] = tf.gather(seen, rows).numpy()
+        outcome.logits[images[rows]] = tf.gather(logits, rows).numpy()
+        outcome.success[images[rows]] = True
+    if out_of_budget.any():
+        rows = np.flatnonzero(out_of_budget)
+        outcome.adversarial[images[rows]] = tf.gather(pool.x, rows).numpy()
+        outcome.budget_spent.extend(images[rows].tolist())
+    done = ok | out_of_budget
+    images[done] = -1
+    return int(done.sum())
+
+
 def _run(
     model: keras.Model,
     x0: np.ndarray,
@@ -683,92 +846,49 @@ def _run(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The shared loop: a pool of `batch_size` slots, each refilled as its image finishes."""
     step, evaluate = _step_fns(model, plan, targeted)
-    num_classes = int(_logits_model(model).outputs[0].shape[-1])
     n = len(x0)
+    outcome = _Outcome.empty(x0, int(_logits_model(model).outputs[0].shape[-1]))
+    if n == 0:
+        return outcome.adversarial, outcome.logits, outcome.success, outcome.spent
     eps = tf.constant(plan.eps, tf.float32)
     radius = tf.constant(math.floor(plan.eps) if math.isfinite(plan.eps) else math.inf, tf.float32)
     step_size = tf.constant(plan.step_size, tf.float32)
-    norm = _NORMS[plan.norm]
     base_seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
-
-    adversarial = np.empty_like(x0)
-    logits_out = np.zeros((n, num_classes), np.float32)
-    success = np.zeros(n, bool)
-    spent = np.zeros(n, np.int32)
-    budget_spent: list[int] = []  # images whose last iterate still needs a look
-
-    capacity = min(batch_size, n)
-    if capacity == 0:
-        return adversarial, logits_out, success, spent
-    spec = [None, *x0.shape[1:]]
-    pool_x = tf.Variable(tf.zeros([capacity, *x0.shape[1:]]), shape=spec, trainable=False)
-    pool_x0 = tf.Variable(tf.zeros([capacity, *x0.shape[1:]]), shape=spec, trainable=False)
-    pool_cls = tf.Variable(tf.zeros([capacity], tf.int32), shape=[None], trainable=False)
-    slot_image = np.full(capacity, -1)  # which image each slot of the pool holds
+    pool = _Pool(min(batch_size, n), x0.shape[1:])
     next_image = 0
     progbar = keras.utils.Progbar(n) if verbose else None
     finished = 0
-
     while True:
-        free = np.flatnonzero(slot_image < 0)
+        free = pool.free()
         if free.size and next_image < n:
             # Refill free slots in image order.
             slots = free[: n - next_image]
             new = np.arange(next_image, next_image + slots.size)
             next_image += slots.size
-            starts = x0[new]
-            if plan.random_start:
-                # One generator per image: its start depends only on the seed
-                # and its index, not on the batch size.
-                noise = np.concatenate(
-                    [norm.sample(np.random.default_rng([base_seed, int(i)]), (1, *x0.shape[1:]), plan.eps) for i in new]
-                )
-                starts = np.clip(starts + noise, PIXEL_MIN, PIXEL_MAX, out=noise)
-            where = tf.constant(slots[:, None], tf.int32)
-            pool_x.scatter_nd_update(where, starts)
-            pool_x0.scatter_nd_update(where, x0[new])
-            pool_cls.scatter_nd_update(where, classes[new])
-            slot_image[slots] = new
-            free = np.flatnonzero(slot_image < 0)
-        if free.size:
-            # No image left to start: shrink the pool to the images still running.
-            keep = np.flatnonzero(slot_image >= 0)
-            if keep.size == 0:
-                break
-            pool_x = tf.Variable(tf.gather(pool_x, keep), shape=spec, trainable=False)
-            pool_x0 = tf.Variable(tf.gather(pool_x0, keep), shape=spec, trainable=False)
-            pool_cls = tf.Variable(tf.gather(pool_cls, keep), shape=[None], trainable=False)
-            slot_image = slot_image[keep]
-        seen, logits, ok = step(pool_x, pool_x0, pool_cls, eps, radius, step_size)
-        ok = ok.numpy() & plan.early_stop
-        spent[slot_image] += 1
-        out_of_budget = ~ok & (spent[slot_image] >= plan.steps)
-        if ok.any():
-            rows = np.flatnonzero(ok)
-            adversarial[slot_image[rows]] = tf.gather(seen, rows).numpy()
-            logits_out[slot_image[rows]] = tf.gather(logits, rows).numpy()
-            success[slot_image[rows]] = True
-        if out_of_budget.any():
-            rows = np.flatnonzero(out_of_budget)
-            adversarial[slot_image[rows]] = tf.gather(pool_x, rows).numpy()
-            budget_spent.extend(slot_image[rows].tolist())
-        done = ok | out_of_budget
-        slot_image[done] = -1
+            pool.fill(slots, new, _starts(x0, new, plan, base_seed), x0[new], classes[new])
+            free = pool.free()
+        # No image left to start: shrink the pool to the images still running.
+        if free.size and not pool.shrink():
+            break
+        seen, logits, ok = step(pool.x, pool.x0, pool.cls, eps, radius, step_size)
+        finished += _collect(outcome, pool, seen, logits, ok, plan)
         if progbar is not None:
-            finished += int(done.sum())
             progbar.update(finished)
+    _look_at_last_iterates(evaluate, outcome, x0, classes, eps, radius, batch_size)
+    return outcome.adversarial, outcome.logits, outcome.success, outcome.spent
 
-    # One look (forward only) at the last iterate of images that used every step.
-    budget_spent_arr = np.asarray(budget_spent, np.int64)
-    for b in range(0, len(budget_spent_arr), batch_size):
-        idx = budget_spent_arr[b : b + batch_size]
+
+def _look_at_last_iterates(evaluate, outcome: _Outcome, x0, classes, eps, radius, batch_size: int) -> None:
+    """One look (forward only) at the last iterate of the images that used every step."""
+    budget_spent = np.asarray(outcome.budget_spent, np.int64)
+    for b in range(0, len(budget_spent), batch_size):
+        idx = budget_spent[b : b + batch_size]
         seen, logits, ok = evaluate(
-            tf.constant(adversarial[idx]), tf.constant(x0[idx]), tf.constant(classes[idx]), eps, radius
+            tf.constant(outcome.adversarial[idx]), tf.constant(x0[idx]), tf.constant(classes[idx]), eps, radius
         )
-        adversarial[idx] = seen.numpy()
-        logits_out[idx] = logits.numpy()
-        success[idx] = ok.numpy()
-    return adversarial, logits_out, success, spent
+        outcome.adversarial[idx] = seen.numpy()
+        outcome.logits[idx] = logits.numpy()
+        outcome.success[idx] = ok.numpy()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -785,13 +905,12 @@ class FGSM(_GradientAttack):
             docstring). Defaults to `True`.
     """
 
-    norm: str = "inf"
-    eps: float
+    norm: str = setting("inf", kind=Choice(NORMS), help=_NORM_HELP)
+    eps: float = setting(kind=_POSITIVE, help=_EPS_HELP)
     name: ClassVar[str] = "FGSM"
 
-    def __post_init__(self):
-        object.__setattr__(self, "norm", norm_name(self.norm))
-        _check(_is_real(self.eps) and self.eps > 0, self, "eps", "to be a finite number > 0 (pixel units)")
+    def _radii(self):
+        return [("eps", self.eps, self.norm)]
 
     def _plan(self) -> _Plan:
         return _Plan(
@@ -833,24 +952,18 @@ class PGD(_GradientAttack):
             docstring). Defaults to `True`.
     """
 
-    norm: str = "inf"
-    eps: float
-    steps: int = 10
-    step_size: float | None = None
-    random_start: bool = True
-    early_stop: bool = True
+    norm: str = setting("inf", kind=Choice(NORMS), help=_NORM_HELP)
+    eps: float = setting(kind=_POSITIVE, help=_EPS_HELP)
+    steps: int = setting(10, kind=Int(min=1), help="maximum number of steps per image.")
+    step_size: float | None = setting(
+        None, kind=Optional(_POSITIVE), help="length of a step in pixel units; None: 2.5 * eps / steps."
+    )
+    random_start: bool = setting(True, kind=Flag(), help="start from a uniform random point of the ball.")
+    early_stop: bool = setting(True, kind=Flag(), help=_EARLY_STOP_HELP)
     name: ClassVar[str] = "PGD"
 
-    def __post_init__(self):
-        object.__setattr__(self, "norm", norm_name(self.norm))
-        _check(_is_real(self.eps) and self.eps > 0, self, "eps", "to be a finite number > 0 (pixel units)")
-        _check(_is_int(self.steps) and self.steps >= 1, self, "steps", "to be an int >= 1")
-        _check(
-            self.step_size is None or (_is_real(self.step_size) and self.step_size > 0),
-            self,
-            "step_size",
-            "to be None or a finite number > 0 (pixel units)",
-        )
+    def _radii(self):
+        return [("eps", self.eps, self.norm), ("step_size", self.step_size, self.norm)]
 
     @property
     def effective_step_size(self) -> float:
@@ -874,7 +987,7 @@ class PGD(_GradientAttack):
 class BIM(PGD):
     """Basic iterative method (Kurakin et al. 2016): `PGD` starting at the original."""
 
-    random_start: bool = False
+    random_start: bool = setting(False, kind=Flag(), help="start from a uniform random point of the ball.")
     name: ClassVar[str] = "BIM"
 
 
@@ -903,25 +1016,19 @@ class LessonAttack(_GradientAttack):
             `True`.
     """
 
-    steps: int = 100
-    step_size: float = 1.0
-    objective: str = "logit"
-    eps: float | None = None
-    norm: str = "inf"
-    early_stop: bool = True
+    steps: int = setting(100, kind=Int(min=1), help="maximum number of steps per image.")
+    step_size: float = setting(1.0, kind=_POSITIVE, help="RMS change of one step, in pixel units.")
+    objective: str = setting(
+        "logit", kind=Choice(LESSON_OBJECTIVES), help="the class score ascended: the logit or the log-probability."
+    )
+    eps: float | None = setting(None, kind=Optional(_POSITIVE), help=_EPS_HELP + " None: unbounded.")
+    norm: str = setting("inf", kind=Choice(NORMS), help=_NORM_HELP)
+    early_stop: bool = setting(True, kind=Flag(), help=_EARLY_STOP_HELP)
     name: ClassVar[str] = "Lesson"
 
-    def __post_init__(self):
-        object.__setattr__(self, "norm", norm_name(self.norm))
-        _check(_is_int(self.steps) and self.steps >= 1, self, "steps", "to be an int >= 1")
-        _check(_is_real(self.step_size) and self.step_size > 0, self, "step_size", "to be a finite number > 0")
-        _check(self.objective in LESSON_OBJECTIVES, self, "objective", f"in {LESSON_OBJECTIVES}")
-        _check(
-            self.eps is None or (_is_real(self.eps) and self.eps > 0),
-            self,
-            "eps",
-            "to be None (unbounded) or a finite number > 0 (pixel units)",
-        )
+    def _radii(self):
+        # A step is an RMS change per pixel, bounded like an L-inf one.
+        return [("eps", self.eps, self.norm), ("step_size", self.step_size, "inf")]
 
     def _plan(self) -> _Plan:
         return _Plan(
@@ -1062,7 +1169,7 @@ def attack_metrics(
     linf, l2 = perturbation_norms(originals, adversarials)
     classes = np.asarray(classes)
     success = is_adversarial(logits, classes, targeted=targeted)
-    probabilities = _softmax(logits) if len(classes) else np.zeros((0, 1))
+    probabilities = softmax(logits) if len(classes) else np.zeros((0, 1))
     target_p = probabilities[np.arange(len(classes)), classes] if len(classes) else np.zeros(0)
     already = float("nan")
     if clean_logits is not None:
@@ -1231,13 +1338,13 @@ def robust_accuracy(
         verbose: 1 prints one line per budget. Defaults to `0`.
     """
     start = time.perf_counter()
-    epsilons = tuple(float(e) for e in epsilons)
-    if not epsilons or any(not math.isfinite(e) or e < 0 for e in epsilons):
-        raise ValueError(f"Expected finite epsilons >= 0. Received: epsilons={epsilons!r}")
+    epsilons = _checked(_EPSILONS, "epsilons", tuple(float(e) for e in epsilons))
     attack = attack if attack is not None else PGD(norm="inf", eps=1.0, steps=10)
     if not isinstance(attack, (PGD, FGSM)):
         raise TypeError(f"Expected a PGD, BIM or FGSM attack. Received: attack={attack!r}")
     images, y = _materialize(data, labels)
+    for eps in epsilons:  # all of them before any attack runs
+        check_radius("epsilons", eps, attack.norm, images.shape[1:])
     num_classes = int(_logits_model(model).outputs[0].shape[-1])
     y = _broadcast_classes(y, len(images), num_classes, "labels")
     clean = np.argmax(predict_logits(model, images, batch_size=batch_size), axis=1)

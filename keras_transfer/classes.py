@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from keras_transfer import imagenet
 from keras_transfer.models import load_class_names
+from keras_transfer.run_folder import CLASSES_FILE
 
 # Common names people use for ImageNet classes whose label is terser.
 _IMAGENET_ALIASES = {"tabby cat": "tabby"}
@@ -64,7 +65,7 @@ def class_names_for_model(model_path: str | os.PathLike | None, num_classes: int
     the indices as strings.
     """
     if model_path is not None:
-        path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(model_path))), "classes.json")
+        path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(model_path))), CLASSES_FILE)
         if os.path.isfile(path):
             names = load_class_names(path)
             if len(names) != num_classes:

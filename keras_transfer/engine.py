@@ -9,22 +9,16 @@ a `TrainConfig`: mixed-precision policies, `MirroredStrategy`,
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
-import time
 from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
 
 from keras_transfer import _multi_worker
-from keras_transfer.errors import MultiWorkerTimeoutError
 
 MIXED_PRECISION_CHOICES = ("off", "auto", "mixed_float16", "mixed_bfloat16")
 STRATEGY_CHOICES = ("default", "mirrored", "multi_worker")
-# How long a worker waits for the other workers of TF_CONFIG to be reachable.
-MULTI_WORKER_TIMEOUT_S = float(os.environ.get("KERAS_TRANSFER_WORKER_TIMEOUT", "300"))
 
 
 def resolve_mixed_precision(mode: str) -> str | None:
@@ -52,7 +46,7 @@ def dtype_policy(name: str | None) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def make_strategy(name: str = "default", *, timeout_s: float | None = None) -> tf.distribute.Strategy:
+def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     """A `tf.distribute` strategy by name.
 
     `"mirrored"` replicates on every local GPU, or on every logical CPU device
@@ -60,15 +54,12 @@ def make_strategy(name: str = "default", *, timeout_s: float | None = None) -> t
     `tf.config.set_logical_device_configuration` before TensorFlow starts).
     `"multi_worker"` reads the cluster from the `TF_CONFIG` environment
     variable; create it at the start of the program, before other
-    TensorFlow work, and run the same command on every worker. It waits at
-    most `timeout_s` for the other workers to be reachable and then raises
-    `MultiWorkerTimeoutError` naming them.
+    TensorFlow work, and run the same command on every worker (it waits
+    for all of them to connect).
 
     Args:
         name: `"default"`, `"mirrored"` or `"multi_worker"`. Defaults to
             `"default"`.
-        timeout_s: multi-worker start-up timeout. Defaults to `None`
-            (`$KERAS_TRANSFER_WORKER_TIMEOUT`, else 300 s).
     """
     if name == "default":
         return tf.distribute.get_strategy()
@@ -78,43 +69,9 @@ def make_strategy(name: str = "default", *, timeout_s: float | None = None) -> t
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multi_worker":
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        _wait_for_workers(MULTI_WORKER_TIMEOUT_S if timeout_s is None else timeout_s)
         _multi_worker.install()  # Keras 3's fit fails there without it (keras-team/keras#20585)
         return strategy
     raise ValueError(f"Expected strategy in {STRATEGY_CHOICES}. Received: strategy={name!r}")
-
-
-def _wait_for_workers(timeout_s: float) -> None:
-    """Waits until every other task of TF_CONFIG accepts a TCP connection."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = config.get("task", {})
-    me = (task.get("type"), task.get("index"))
-    peers = [
-        address
-        for kind, addresses in config.get("cluster", {}).items()
-        for index, address in enumerate(addresses)
-        if (kind, index) != me
-    ]
-    deadline = time.monotonic() + timeout_s
-    waiting = list(peers)
-    while waiting:
-        waiting = [a for a in waiting if not _reachable(a)]
-        if waiting and time.monotonic() > deadline:
-            raise MultiWorkerTimeoutError(
-                f"The other workers of TF_CONFIG did not answer within {timeout_s:g} s: {', '.join(waiting)}. "
-                "Start the same command on every worker (or set KERAS_TRANSFER_WORKER_TIMEOUT in seconds)."
-            )
-        if waiting:
-            time.sleep(0.5)
-
-
-def _reachable(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=1.0):
-            return True
-    except (OSError, ValueError):
-        return False
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -17,10 +17,6 @@ class FolderInUseError(RuntimeError):
     """Another live process holds the run folder's lock."""
 
 
-class MultiWorkerTimeoutError(RuntimeError):
-    """The other workers of a multi-worker run did not connect in time."""
-
-
 # What every command reports in one line, exit status 2, no traceback.
 USER_ERRORS = (
     WeightsUnavailableError,
@@ -28,7 +24,6 @@ USER_ERRORS = (
     ResumeMismatchError,
     CorruptFileError,
     FolderInUseError,
-    MultiWorkerTimeoutError,
     FloatingPointError,
     FileNotFoundError,
     FileExistsError,

@@ -28,15 +28,17 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 _META = "keras_transfer"
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def _number(value) -> str:
@@ -82,6 +84,9 @@ class Int(Kind):
     def parse(self, text: str) -> int:
         return int(text)
 
+    def normalize(self, value):
+        return int(value)  # numpy integers become plain ints
+
 
 @dataclasses.dataclass(frozen=True)
 class Real(Kind):
@@ -106,7 +111,7 @@ class Real(Kind):
         return float(text)
 
     def normalize(self, value):
-        return value
+        return float(value) if isinstance(value, (np.floating, np.integer)) else value
 
 
 @dataclasses.dataclass(frozen=True)

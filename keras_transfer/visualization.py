@@ -40,9 +40,21 @@ import tensorflow as tf
 
 from keras_transfer import classes as classes_lib
 from keras_transfer import models as models_lib
+from keras_transfer import naming
+from keras_transfer import settings
+from keras_transfer.settings import Choice, Flag, Int, Optional, Real, setting
 
 PARAMETERIZATIONS = ("pixel", "fourier")
 OBJECTIVES = ("logit", "log_prob", "logit+log_prob")
+# Beyond these, octaves only repeat the smallest size (8 px) and images get
+# too large to optimize on a CPU.
+MAX_OCTAVES = 10
+MAX_IMAGE_SIZE = 4096
+# `--help` sections of the settings.
+_OPTIMIZATION = "optimization"
+_PENALTIES = "penalties"
+_TRANSFORMS = "random transforms"
+_SIZE = "image size and octaves"
 
 # Adam step sizes and total-variation weights that work together (tuned on
 # MobileNet 0.25, see experiments/ideal_class/). Adam moves every parameter
@@ -68,107 +80,112 @@ Callback = Callable[[int, Mapping[str, np.ndarray]], None]
 class VisualizationConfig:
     """Hyper-parameters of a class visualization.
 
-    Attributes:
-        steps: number of gradient steps in total (split evenly over the
-            octaves). Defaults to `256`.
-        learning_rate: Adam learning rate. Defaults to `None`: 0.01 for
-            `"pixel"`, 0.05 for `"fourier"`.
-        objective: what is maximized for each image's target class:
-            `"logit"` (the raw class score, Simonyan et al. 2014: strong,
-            recognizable features, but similar classes such as "tiger cat"
-            rise with the target), `"log_prob"` (the log-softmax: makes the
-            class win, but stops gaining once it is certain, so the image
-            stays faint) or `"logit+log_prob"` (logit plus
-            `log_prob_weight` times the log-probability: both).
-            Defaults to `"logit+log_prob"`.
-        log_prob_weight: weight of the log-probability in
-            `"logit+log_prob"`. Defaults to `3.0`.
-        parameterization: `"fourier"` (1/f-scaled spectrum with decorrelated
-            colour, squashed into range by a sigmoid) or `"pixel"` (raw
-            pixels clipped to range after every step). Defaults to
-            `"fourier"`.
-        tv_weight: weight of the total variation, the mean absolute
-            difference between neighbouring pixels on a [0, 1] scale. It is
-            a mean, so one weight works at every image size. Defaults to
-            `None`: 1000 for `"pixel"`, 10 for `"fourier"`.
-        l1_weight: weight of the mean absolute distance of the pixels from
-            mid-grey (on a [0, 1] scale). Defaults to `0.0`.
-        l2_weight: weight of the mean squared distance of the pixels from
-            mid-grey (on a [0, 1] scale). Defaults to `0.0`.
-        jitter: maximum random shift in model-input pixels, applied anew at
-            every step. 0 disables it. Defaults to `8`.
-        scale: maximum random zoom in or out, as a fraction (0.1 means 0.9
-            to 1.1). 0 disables it. Defaults to `0.1`.
-        rotation: maximum random rotation in degrees. 0 disables it.
-            Defaults to `5.0`.
-        octaves: optimize first at a coarse size, then at sizes growing by
-            `octave_scale` up to `image_size` (multi-scale). 1 disables it.
-            Defaults to `1`.
-        octave_scale: size ratio between consecutive octaves. Defaults to
-            `1.4`.
-        image_size: side of the optimized image; the model sees it resampled
-            to its input size. Defaults to `None`, the model's input size.
-        init_std: standard deviation of the random start around mid-grey
-            (pixel scale [0, 1] for `"pixel"`, spectrum units for
-            `"fourier"`). Defaults to `0.01`.
-        decorrelate: optimize colour in the decorrelated ImageNet colour
-            space (`"fourier"` only). Defaults to `True`.
-        jit_compile: compile the step with XLA. On CPU it is often slower;
-            measure. Defaults to `False`.
-        seed: seed of the start image and of the random transforms; equal
-            seeds give equal results. Defaults to `None` (a fresh seed).
+    Every field is a `keras_transfer.settings.setting`: its default, its
+    valid values and its help (also the `ideal_class` command's flag) are
+    declared with it. In more detail:
+
+    - `objective`: what is maximized for each image's target class:
+      `"logit"` (the raw class score, Simonyan et al. 2014: strong,
+      recognizable features, but similar classes such as "tiger cat" rise
+      with the target), `"log_prob"` (the log-softmax: makes the class win,
+      but stops gaining once it is certain, so the image stays faint) or
+      `"logit+log_prob"` (logit plus `log_prob_weight` times the
+      log-probability: both).
+    - `parameterization`: `"fourier"` (1/f-scaled spectrum with decorrelated
+      colour, squashed into range by a sigmoid) or `"pixel"` (raw pixels
+      clipped to range after every step).
+    - `tv_weight`: the total variation is the mean absolute difference
+      between neighbouring pixels on a [0, 1] scale; a mean, so one weight
+      works at every image size.
+    - `octaves`: optimize first at a coarse size, then at sizes growing by
+      `octave_scale` up to `image_size` (multi-scale); each octave gets
+      `steps // octaves` steps (the last one the rest), at least 2 when
+      there are several.
+    - `seed`: equal seeds give equal results; `None` draws a fresh seed,
+      reported in `VisualizationResult.config`.
     """
 
-    steps: int = 256
-    learning_rate: float | None = None
-    objective: str = "logit+log_prob"
-    log_prob_weight: float = 3.0
-    parameterization: str = "fourier"
-    tv_weight: float | None = None
-    l1_weight: float = 0.0
-    l2_weight: float = 0.0
-    jitter: int = 8
-    scale: float = 0.1
-    rotation: float = 5.0
-    octaves: int = 1
-    octave_scale: float = 1.4
-    image_size: int | None = None
-    init_std: float = 0.01
-    decorrelate: bool = True
-    jit_compile: bool = False
-    seed: int | None = None
+    steps: int = setting(
+        256, kind=Int(min=1), group=_OPTIMIZATION,
+        help="gradient steps in total (split evenly over the octaves).",
+    )
+    learning_rate: float | None = setting(
+        None, kind=Optional(Real(min=0, min_open=True)), group=_OPTIMIZATION,
+        help="Adam learning rate; None: "
+        + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LEARNING_RATES.items()) + ".",
+    )
+    objective: str = setting(
+        "logit+log_prob", kind=Choice(OBJECTIVES), group=_OPTIMIZATION,
+        help="score maximized for the target class: the logit, the log-probability, or the logit plus "
+        "--log-prob-weight times the log-probability.",
+    )
+    log_prob_weight: float = setting(
+        3.0, kind=Real(min=0), group=_OPTIMIZATION,
+        help="weight of the log-probability in the logit+log_prob objective.",
+    )
+    parameterization: str = setting(
+        "fourier", kind=Choice(PARAMETERIZATIONS), group=_OPTIMIZATION,
+        help="optimize raw pixels, or a 1/f-scaled Fourier spectrum with decorrelated colour.",
+    )
+    tv_weight: float | None = setting(
+        None, kind=Optional(Real(min=0)), group=_PENALTIES,
+        help="weight of the total variation (mean absolute neighbour difference on a [0, 1] scale); None: "
+        + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_TV_WEIGHTS.items()) + ".",
+    )
+    l1_weight: float = setting(
+        0.0, kind=Real(min=0), group=_PENALTIES, help="weight of mean |pixel - grey| on a [0, 1] scale."
+    )
+    l2_weight: float = setting(
+        0.0, kind=Real(min=0), group=_PENALTIES, help="weight of mean (pixel - grey)^2 on a [0, 1] scale."
+    )
+    jitter: int = setting(
+        8, kind=Int(min=0, max=MAX_IMAGE_SIZE), group=_TRANSFORMS,
+        help="maximum random shift in model-input pixels, drawn anew at every step; 0 disables it.",
+    )
+    scale: float = setting(
+        0.1, kind=Real(min=0, max=1, max_open=True), group=_TRANSFORMS,
+        help="maximum random zoom in or out, 0.1 = 0.9 to 1.1; 0 disables it.",
+    )
+    rotation: float = setting(
+        5.0, kind=Real(min=0, max=180), group=_TRANSFORMS,
+        help="maximum random rotation in degrees; 0 disables it.",
+    )
+    octaves: int = setting(
+        1, kind=Int(min=1, max=MAX_OCTAVES), group=_SIZE,
+        help="number of coarse-to-fine sizes, each with at least 2 steps; 1 = a single size.",
+    )
+    octave_scale: float = setting(
+        1.4, kind=Real(min=1, min_open=True), group=_SIZE, help="size ratio between consecutive octaves."
+    )
+    image_size: int | None = setting(
+        None, kind=Optional(Int(min=8, max=MAX_IMAGE_SIZE)), group=_SIZE,
+        help="side of the optimized image; the model sees it resampled to its input size. "
+        "None: the model's input size.",
+    )
+    init_std: float = setting(
+        0.01, kind=Real(min=0), group=_OPTIMIZATION,
+        help="standard deviation of the random start around mid-grey (pixel scale [0, 1] for pixel, "
+        "spectrum units for fourier).",
+    )
+    decorrelate: bool = setting(
+        True, kind=Flag(), group=_OPTIMIZATION,
+        help="optimize colour in the decorrelated ImageNet colour space (fourier only).",
+    )
+    jit_compile: bool = setting(
+        False, kind=Flag(), group=_OPTIMIZATION, help="compile the step with XLA (often slower on CPU; measure)."
+    )
+    seed: int | None = setting(
+        None, kind=Optional(Int(min=0)), group=_OPTIMIZATION,
+        help="seed of the start image and the random transforms; equal seeds give equal results.",
+    )
 
     def __post_init__(self):
-        def check(ok: bool, name: str, valid: str):
-            if not ok:
-                raise ValueError(f"Expected {name} {valid}. Received: {name}={getattr(self, name)!r}")
-
-        def is_int(value) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        def is_real(value) -> bool:
-            return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
-
-        check(is_int(self.steps) and self.steps >= 1, "steps", "to be an int >= 1")
-        lr = self.learning_rate
-        check(lr is None or (is_real(lr) and lr > 0), "learning_rate", "to be None or a finite number > 0")
-        check(self.objective in OBJECTIVES, "objective", f"in {OBJECTIVES}")
-        check(self.parameterization in PARAMETERIZATIONS, "parameterization", f"in {PARAMETERIZATIONS}")
-        tv = self.tv_weight
-        check(tv is None or (is_real(tv) and tv >= 0), "tv_weight", "to be None or a finite number >= 0")
-        for name in ("log_prob_weight", "l1_weight", "l2_weight", "init_std"):
-            check(is_real(getattr(self, name)) and getattr(self, name) >= 0, name, "to be a finite number >= 0")
-        check(is_int(self.jitter) and self.jitter >= 0, "jitter", "to be an int >= 0")
-        check(is_real(self.scale) and 0 <= self.scale < 1, "scale", "in [0, 1)")
-        check(is_real(self.rotation) and 0 <= self.rotation <= 180, "rotation", "in [0, 180] degrees")
-        check(is_int(self.octaves) and 1 <= self.octaves <= self.steps, "octaves", "to be an int in [1, steps]")
-        check(is_real(self.octave_scale) and self.octave_scale > 1, "octave_scale", "to be a number > 1")
-        check(
-            self.image_size is None or (is_int(self.image_size) and self.image_size >= 8),
-            "image_size",
-            "to be None or an int >= 8",
-        )
-        check(self.seed is None or (is_int(self.seed) and self.seed >= 0), "seed", "to be None or an int >= 0")
+        settings.validate(self)
+        if self.octaves > 1 and self.steps < 2 * self.octaves:
+            raise ValueError(
+                "Expected at least 2 steps per octave (steps >= 2 * octaves) with several octaves. "
+                f"Received: steps={self.steps!r}, octaves={self.octaves!r}"
+            )
 
     @property
     def effective_learning_rate(self) -> float:
@@ -530,8 +547,12 @@ class VisualizationResult:
 
     @property
     def steps_per_second(self) -> float:
+        """Optimization speed, without each octave's first (compiling) step; `nan` when no other step ran."""
         timed = self.history["loss"].shape[0] - self.config.octaves
         return timed / self.seconds if self.seconds > 0 and timed > 0 else float("nan")
+
+
+_IMAGE_EVERY = Int(min=1)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -597,8 +618,10 @@ def visualize_classes(
             infinite; no image is returned then.
     """
     config = config or VisualizationConfig()
-    if not isinstance(image_every, int) or image_every < 1:
-        raise ValueError(f"Expected image_every to be an int >= 1. Received: image_every={image_every!r}")
+    if not isinstance(config, VisualizationConfig):
+        raise TypeError(f"Expected a VisualizationConfig. Received: config={config!r}")
+    if not _IMAGE_EVERY.accepts(image_every):
+        raise _IMAGE_EVERY.error("image_every", image_every)
     logits_model, model_size = _as_classifier(model)
     num_classes = int(logits_model.outputs[0].shape[-1])
     if class_names is None:
@@ -619,7 +642,7 @@ def visualize_classes(
     steps_per_octave[-1] += config.steps - sum(steps_per_octave)
 
     writer = tf.summary.create_file_writer(os.fspath(log_dir)) if log_dir is not None else None
-    labels = _tags([class_names[t] for t in targets])
+    labels = naming.unique_stems([class_names[t] for t in targets], default="class")
     progbar = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "probability"]) if progress else None
     history: dict[str, list[np.ndarray]] = {}
     target_tensor = tf.constant(targets, tf.int32)
@@ -718,7 +741,7 @@ def _make_step(
         optimizer.apply_gradients([(gradient, variable)])
         if isinstance(param, PixelImage):
             variable.assign(param.project(variable))
-        probability = tf.gather(tf.nn.softmax(logits, axis=-1), targets, axis=1, batch_dims=1)
+        probability = tf.gather(keras.ops.softmax(logits, axis=-1), targets, axis=1, batch_dims=1)
         return {
             "loss": loss,
             "objective": objective,
@@ -731,12 +754,6 @@ def _make_step(
         }
 
     return step
-
-
-def _tags(names: Sequence[str]) -> list[str]:
-    """TensorBoard tags for the images: their class names, made unique."""
-    tags = ["".join(c if c.isalnum() or c in "-_." else "_" for c in name) for name in names]
-    return [f"{tag}_{i}" if tags.count(tag) > 1 else tag for i, tag in enumerate(tags)]
 
 
 def _check_finite(logs: dict[str, np.ndarray], step: int) -> None:
@@ -778,4 +795,4 @@ def class_probabilities(model: keras.Model, images, *, batch_size: int = 16) -> 
         x = tf.clip_by_value(tf.image.resize(x, (size, size), method="bilinear"), 0.0, 255.0)
     # Direct calls: `predict` would build a new function for every model.
     logits = [logits_model(x[i : i + batch_size], training=False) for i in range(0, x.shape[0], batch_size)]
-    return tf.nn.softmax(tf.cast(tf.concat(logits, 0), tf.float32), axis=-1).numpy()
+    return keras.ops.convert_to_numpy(keras.ops.softmax(tf.cast(tf.concat(logits, 0), tf.float32), axis=-1))

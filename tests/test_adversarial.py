@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -16,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from keras_transfer import adversarial as adv
+from keras_transfer import files, run_folder
 
 NUM_CLASSES = 3
 # Float results may exceed eps by float32 rounding of x0 + delta (< 1e-4 at 255).
@@ -120,7 +123,7 @@ def test_results_stay_in_the_ball_and_pixel_range(tiny, size, batch, norm, eps_s
 def test_linf_rounding_goes_toward_the_original_at_the_ball_edge():
     x0 = np.full((1, 1, 1, 3), 100.0, np.float32)
     x = x0 + np.array([2.5, -2.5, 1.7], np.float32).reshape(1, 1, 1, 3)
-    q = adv._NORMS["inf"].quantize(tf.constant(x), tf.constant(x0), tf.constant(2.5), tf.constant(2.0)).numpy()
+    q = adv.round_into_ball(x, x0, norm="inf", eps=2.5)
     np.testing.assert_array_equal(q.ravel(), [102, 98, 102])
 
 
@@ -128,12 +131,12 @@ def test_l2_rounding_keeps_as_much_of_the_perturbation_as_fits():
     # Six pixels at +0.6: nearest rounding gives norm sqrt(6) > eps = 1.5;
     # the largest integer perturbation inside is two pixels at +1 (norm sqrt 2).
     x0 = np.full((1, 1, 2, 3), 100.0, np.float32)
-    q = adv._NORMS["2"].quantize(tf.constant(x0 + 0.6), tf.constant(x0), tf.constant(1.5), tf.constant(1.0)).numpy()
+    q = adv.round_into_ball(x0 + 0.6, x0, norm="2", eps=1.5)
     delta = (q - x0).ravel()
     assert sorted(delta.tolist()) == [0, 0, 0, 0, 1, 1]
     # Inside the ball already: plain nearest rounding.
     x = x0 + np.array([0.6, 0.7, 0.9, 0.55, 1.6, -2.6], np.float32).reshape(x0.shape)
-    q = adv._NORMS["2"].quantize(tf.constant(x), tf.constant(x0), tf.constant(10.0), tf.constant(10.0)).numpy()
+    q = adv.round_into_ball(x, x0, norm="l2", eps=10.0)
     np.testing.assert_array_equal((q - x0).ravel(), [1, 1, 1, 1, 2, -3])
 
 
@@ -171,6 +174,12 @@ def test_fractional_float_originals_are_rejected_with_quantize_and_accepted_with
         (lambda: adv.LessonAttack(objective="prob"), "Received: objective='prob'"),
         (lambda: adv.make_attack("cw"), "Received: name='cw'"),
         (lambda: adv.make_attack("fgsm", steps=5), "Received: steps=5"),
+        # Radii beyond the pixel range mean nothing (255 moves a pixel anywhere).
+        (lambda: adv.PGD(eps=300), "<= 255 (L-inf"),
+        (lambda: adv.PGD(eps=1e6), "Received: eps=1000000.0"),
+        (lambda: adv.PGD(eps=4, step_size=1e9), "Received: step_size=1000000000.0"),
+        (lambda: adv.LessonAttack(step_size=256.0), "Received: step_size=256.0"),
+        (lambda: adv.LessonAttack(eps=256.0), "Received: eps=256.0"),
     ],
 )
 def test_bad_arguments_say_what_is_valid(make, message):
@@ -178,8 +187,20 @@ def test_bad_arguments_say_what_is_valid(make, message):
         make()
 
 
+def test_softmax_is_keras_softmax_in_float64():
+    logits = np.random.default_rng(0).normal(0, 8, size=(5, 7)).astype(np.float32)
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits.astype(np.float64))).astype(np.float32)
+    np.testing.assert_array_equal(adv.softmax(logits), expected)
+    np.testing.assert_allclose(adv.softmax(logits).sum(axis=1), 1.0, rtol=1e-6)
+
+
 def test_bad_inputs_are_explained(tiny):
     model = tiny[0]
+    # An L2 radius beyond the diagonal of the pixel cube (255 * sqrt(12 * 12 * 3)) is rejected before any step.
+    with pytest.raises(ValueError, match=r"<= 5300.*L2 on 12x12x3 images.*Received: eps=1000000.0"):
+        adv.PGD(norm="2", eps=1e6)(model, np.zeros((1, 12, 12, 3), np.uint8))
+    with pytest.raises(ValueError, match="Received: epsilons=300.0"):
+        adv.robust_accuracy(model, np.zeros((1, 12, 12, 3), np.uint8), [0], epsilons=[0, 300])
     with pytest.raises(ValueError, match=r"\[0, 255\]"):
         adv.PGD(eps=2.0)(model, np.full((1, 12, 12, 3), 300, np.int32))
     with pytest.raises(ValueError, match="out of range"):
@@ -345,7 +366,7 @@ def test_example_figure_has_a_row_per_image(tiny):
     figure = plot_adversarial_examples(
         x[:3],
         result.adversarial,
-        probabilities_before=adv._softmax(adv.predict_logits(model, x[:3])),
+        probabilities_before=adv.softmax(adv.predict_logits(model, x[:3])),
         probabilities_after=result.probabilities,
         class_names=["red", "green", "blue"],
         target_classes=y[:3],
@@ -384,7 +405,7 @@ def test_cli_writes_the_promised_files(tmp_path, tiny):
         "--transfer-target-class", "blue", "--output-dir", str(out), "--no-progress",
     ])
     assert code == 0
-    result = json.loads((out / "result.json").read_text())
+    result = strict_json(out / "result.json")
     assert (out / "figure.png").stat().st_size > 0
     assert len(result["images"]) == 4
     for i, item in enumerate(result["images"]):
@@ -427,7 +448,7 @@ def test_cli_robust_accuracy_on_a_held_out_folder_split(tmp_path):
         "--epsilons", "0,4,24", "--steps", "8", "--output-dir", str(out), "--no-progress",
     ])
     assert code == 0
-    curve = json.loads((out / "result.json").read_text())["robust_accuracy"]
+    curve = strict_json(out / "result.json")["robust_accuracy"]
     assert curve["epsilons"] == [0.0, 4.0, 24.0]
     assert 10 <= curve["num_images"] <= 20  # about half of the 30 images are held out
     assert curve["accuracy"][0] == curve["clean_accuracy"] >= 0.8
@@ -439,28 +460,170 @@ def test_cli_robust_accuracy_on_a_held_out_folder_split(tmp_path):
 def test_cli_help_documents_every_flag(capsys):
     from keras_transfer.experiments import adversarial as cli
 
-    with pytest.raises(SystemExit):
-        cli.main(["--help"])
+    assert cli.main(["--help"]) == 0
     text = capsys.readouterr().out
     for flag in (
         "--backbone", "--alpha", "--model", "--image", "--images", "--target-class", "--attack", "--norm",
-        "--eps", "--steps", "--step-size", "--transfer-to", "--transfer-target-class", "--output-dir",
-        "--no-early-stop", "--no-quantize", "--robust-data", "--robust-split", "--epsilons", "--resize", "--seed",
+        "--eps", "--steps", "--step-size", "--transfer-to", "--transfer-alpha", "--transfer-target-class",
+        "--output-dir", "--no-early-stop", "--no-quantize", "--robust-data", "--robust-split", "--val-split",
+        "--split-seed", "--epsilons", "--resize", "--seed", "--batch-size", "--figure-images", "--no-progress",
     ):
-        assert flag in text
+        assert flag in text, flag
+    assert not [a.dest for a in cli.build_parser()._actions if not a.help]
+    # The command's choices are the library's, without importing TensorFlow for --help.
+    assert cli.ATTACK_CHOICES == adv.ATTACKS and cli.NORM_CHOICES == adv.NORMS
 
 
-def test_cli_reports_unknown_class_with_suggestions(tmp_path, capsys):
+def test_cli_flags_become_the_configuration(tmp_path):
     from keras_transfer.experiments import adversarial as cli
 
-    model = _tiny_model(input_size=16)
-    model.save(tmp_path / "model.keras")
-    image = tmp_path / "a.png"
-    tf.io.write_file(str(image), tf.io.encode_png(np.zeros((16, 16, 3), np.uint8)))
-    with pytest.raises(SystemExit):
-        cli.main(["--model", str(tmp_path / "model.keras"), "--image", str(image), "--target-class", "tabby",
-                  "--output-dir", str(tmp_path / "out"), "--no-progress"])
-    assert "Unknown class 'tabby'" in capsys.readouterr().err
+    args = cli.build_parser().parse_args([
+        "--image", "a.png", "--image", "b.png", "--target-class", "281", "--attack", "bim", "--norm", "2",
+        "--eps", "200", "--no-early-stop", "--no-quantize", "--epsilons", "0,0.5,1", "--output-dir", str(tmp_path),
+    ])
+    config = cli.config_from_args(args)
+    assert config.images == ("a.png", "b.png") and config.target_class == 281
+    assert (config.attack, config.norm, config.eps) == ("bim", "2", 200.0)
+    assert not config.early_stop and not config.quantize and config.epsilons == (0.0, 0.5, 1.0)
+    assert config.backbone == "mobilenet" and config.model is None  # the default source
+    assert isinstance(config.make_attack(), adv.BIM)
+
+
+def strict_json(path):
+    """result.json parsed strictly: a bare NaN or Infinity fails the test."""
+
+    def reject(constant):
+        raise AssertionError(f"{path} holds the non-standard JSON constant {constant}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def run_cli(main, argv, capsys) -> tuple[int, str]:
+    """The exit status of a command run in this process, and the one line it printed on stderr."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return code, lines[0]
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    """A tiny 16 px classifier saved as model.keras with classes.json, one photo and a robust-accuracy tree."""
+    from keras_transfer.models import save_class_names
+
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp("saved")
+    _tiny_model(input_size=16).save(folder / "model.keras")
+    save_class_names(["red", "green", "blue"], folder / "classes.json")
+    x, y = _synthetic(6, 16, np.random.default_rng(5))
+    files.write_png(folder / "a.png", x[0])
+    for i, (image, label) in enumerate(zip(x, y)):
+        (folder / "data" / ["red", "green", "blue"][label]).mkdir(parents=True, exist_ok=True)
+        files.write_png(folder / "data" / ["red", "green", "blue"][label] / f"{i}.png", image)
+    (folder / "empty").mkdir()
+    (folder / "corrupt.keras").write_text("this is a text file renamed .keras")
+    (folder / "model.h5").write_bytes(b"\x89HDF\r\n")
+    (folder / "a_file").write_text("not a folder")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--eps", "1e6"], "Received: --eps 1e6"),
+        (["--norm", "2", "--eps", "1e6"], "Received: --eps 1e6"),
+        (["--eps", "300"], "Received: eps=300.0"),  # L-inf: at most 255
+        (["--norm", "2", "--eps", "8000"], "L2 on 16x16x3 images"),  # beyond 255 * sqrt(16 * 16 * 3)
+        (["--eps", "abc"], "Received: --eps abc"),
+        (["--steps", "0"], "Received: --steps 0"),
+        (["--attack", "fgsm", "--steps", "5"], "Received: steps=5"),
+        (["--target-class", "5000"], "Received: 5000"),
+        (["--target-class", "tabby"], "Unknown class 'tabby'"),
+        (["--transfer-target-class", "cats"], "needs a second model"),
+        (["--images", "{d}/no_such_folder"], "no_such_folder"),
+        (["--images", "{d}/empty"], "No image files"),
+        (["--images", "{d}/a_file"], "is a file, not a folder"),
+        (["--image", "{d}/missing.png"], "missing.png"),
+        (["--robust-data", "{d}/data", "--epsilons", "0,300"], "Received: epsilons=300.0"),
+        (["--robust-data", "{d}/data", "--attack", "lesson"], "bounded attack"),
+        (["--model", "{d}/missing.keras"], "missing.keras"),
+        (["--model", "{d}/model.h5"], "model.h5"),
+        (["--model", "{d}/corrupt.keras"], "corrupt.keras"),
+        (["--model", "{d}/model.keras", "--backbone", "mobilenet"], "not both"),
+        (["--backbone", "mobilenett"], "Unknown backbone"),
+        (["--output-dir", "{d}/a_file"], "a_file"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_status_2(saved_model, tmp_path, capsys, argv, message):
+    from keras_transfer.experiments import adversarial as cli
+
+    defaults = {"--model": f"{saved_model}/model.keras", "--output-dir": str(tmp_path / "out")}
+    argv = [a.format(d=saved_model) for a in argv]
+    if "--backbone" in argv and "--model" not in argv:
+        defaults.pop("--model")
+    if not {"--image", "--images", "--robust-data"} & set(argv):
+        argv += ["--image", f"{saved_model}/a.png"]
+    for flag, value in defaults.items():
+        if flag not in argv:
+            argv += [flag, value]
+    code, line = run_cli(cli.main, argv + ["--no-progress"], capsys)
+    assert code == 2
+    assert line.startswith("python -m keras_transfer.experiments.adversarial: error: ")
+    assert message in line, line
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+_HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.pwrite(fd, b"process %d (another run)" % os.getpid(), 0)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_cli_refuses_a_folder_in_use_and_a_read_only_one(saved_model, tmp_path, capsys):
+    from keras_transfer.experiments import adversarial as cli
+
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["--model", f"{saved_model}/model.keras", "--image", f"{saved_model}/a.png", "--no-progress"]
+    # Another live process holds the folder's lock (as a running command does).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(out / run_folder.LOCK_FILE)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, line = run_cli(cli.main, argv + ["--output-dir", str(out)], capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2 and "in use by" in line and "another run" in line
+    assert not (out / "result.json").exists()
+    if os.geteuid() != 0:  # root writes anywhere
+        read_only = tmp_path / "read_only"
+        read_only.mkdir()
+        read_only.chmod(0o555)
+        try:
+            code, line = run_cli(cli.main, argv + ["--output-dir", str(read_only)], capsys)
+        finally:
+            read_only.chmod(0o755)
+        assert code == 2 and "read_only" in line
+
+
+def test_cli_corrupt_model_is_one_line_without_traceback_in_a_real_process(saved_model, tmp_path):
+    command = [
+        sys.executable, "-m", "keras_transfer.experiments.adversarial", "--model", f"{saved_model}/corrupt.keras",
+        "--image", f"{saved_model}/a.png", "--output-dir", str(tmp_path / "out"),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "corrupt.keras" in errors[0], proc.stderr
 
 
 # ---------------------------------------------------------------------------
@@ -469,6 +632,7 @@ def test_cli_reports_unknown_class_with_suggestions(tmp_path, capsys):
 
 @requires_shared
 @pytest.mark.real
+@pytest.mark.slow
 def test_pgd_turns_real_dog_photos_into_tabby_cats(shared_data):
     import keras_transfer as kt
     from keras_transfer.data import load_image_files

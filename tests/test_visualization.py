@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -15,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_transfer as kt
-from keras_transfer import imagenet
+from keras_transfer import files, imagenet, naming
 from keras_transfer import visualization as vis
 from keras_transfer.experiments import ideal_class
 from keras_transfer.models import save_class_names
@@ -191,11 +192,31 @@ def test_a_model_without_a_class_output_is_a_clear_error(colour_model):
         vis.visualize_classes(colour_model, [0], class_names=["a", "b"], progress=False)
 
 
-@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"parameterization": "dct"}, {"tv_weight": -1.0}, {"scale": 1.5}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"steps": 0}, {"parameterization": "dct"}, {"tv_weight": -1.0}, {"scale": 1.5}, {"octaves": 11},
+        {"image_size": 5000}, {"jitter": -1}, {"learning_rate": float("nan")}, {"seed": -1}, {"octave_scale": 1.0},
+    ],
+)
 def test_invalid_config_repeats_the_bad_value(kwargs):
     ((name, value),) = kwargs.items()
     with pytest.raises(ValueError, match=re.escape(f"Received: {name}={value!r}")):
         vis.VisualizationConfig(**kwargs)
+
+
+def test_octaves_need_two_steps_each():
+    with pytest.raises(ValueError, match=re.escape("Received: steps=9, octaves=9")):
+        vis.VisualizationConfig(octaves=9, steps=9)
+    assert vis.VisualizationConfig(octaves=9, steps=18).octaves == 9
+    assert vis.VisualizationConfig(steps=1).steps == 1  # one octave may have a single step
+
+
+def test_file_names_are_cleaned_by_one_function():
+    assert naming.unique_stems(["tabby cat", "tabby/cat", "Tabby cat", "..", ""], default="class") == [
+        "tabby_cat", "tabby_cat_2", "Tabby_cat_3", "class", "class_2"
+    ]
+    assert naming.safe_stem(".hidden.png") == "hidden.png"
 
 
 def _nan_model(kind: str) -> keras.Model:
@@ -333,7 +354,7 @@ def test_cli_writes_the_promised_files_for_a_saved_classifier(saved_tiny_classif
     assert code == 0
     for name in ("ideal_Bengal.png", "ideal_pug.png", "ideal_classes.png", "history.png", "result.json"):
         assert (out / name).is_file(), name
-    summary = json.loads((out / "result.json").read_text())
+    summary = strict_json(out / "result.json")
     assert [c["class_name"] for c in summary["classes"]] == ["Bengal", "pug"]
     # The image is saved losslessly at model resolution, and the reported
     # probability is the one of the saved file.
@@ -350,19 +371,90 @@ def test_cli_writes_the_promised_files_for_a_saved_classifier(saved_tiny_classif
     assert "ideal_pug.png: pug (2)" in capsys.readouterr().out
 
 
-def test_cli_rejects_an_unknown_class_with_suggestions(saved_tiny_classifier, tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        args = ["--model", str(saved_tiny_classifier), "--class", "begnal", "--no-progress"]
-        ideal_class.main(args + ["--output-dir", str(tmp_path / "o")])
-    assert info.value.code == 2
-    assert "'Bengal'" in capsys.readouterr().err
+def strict_json(path):
+    """result.json parsed strictly: a bare NaN or Infinity fails the test."""
+
+    def reject(constant):
+        raise AssertionError(f"{path} holds the non-standard JSON constant {constant}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    """The exit status of `ideal_class` run in this process, and the one line it printed on stderr."""
+    code = ideal_class.main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("python -m keras_transfer.experiments.ideal_class: error: "), lines[0]
+    return code, lines[0]
+
+
+@pytest.fixture(scope="module")
+def saved_colour_model(tmp_path_factory):
+    """An untrained 5-class colour classifier saved as model.keras with classes.json, and bad files."""
+    folder = tmp_path_factory.mktemp("colour_model")
+    keras.utils.set_random_seed(0)
+    tiny_classifier().save(folder / "model.keras")
+    save_class_names(NAMES, folder / "classes.json")
+    (folder / "corrupt.keras").write_text("this is a text file renamed .keras")
+    (folder / "a_file").write_text("not a folder")
+    return folder
+
+
+def test_cli_rejects_an_unknown_class_with_suggestions(saved_colour_model, tmp_path, capsys):
+    args = ["--model", str(saved_colour_model / "model.keras"), "--class", "gren", "--no-progress"]
+    code, line = run_cli(args + ["--output-dir", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert "'gren'" in line and "'green'" in line
     assert not os.path.exists(tmp_path / "o" / "result.json")
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--octaves", "9", "--steps", "9"], "Received: steps=9, octaves=9"),
+        (["--octaves", "11"], "Received: --octaves 11"),
+        (["--steps", "0"], "Received: --steps 0"),
+        (["--scale", "nan"], "Received: --scale nan"),
+        (["--parameterization", "dct"], "Received: --parameterization dct"),
+        (["--class", "5000"], "Received: 5000"),
+        (["--alpha", "0.5"], "alpha applies to --backbone models"),
+        (["--backbone", "mobilenet"], "not both"),
+        (["--model", "{d}/corrupt.keras"], "corrupt.keras"),
+        (["--model", "{d}/missing.keras"], "missing.keras"),
+        (["--output-dir", "{d}/a_file"], "a_file"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_status_2(saved_colour_model, tmp_path, capsys, argv, message):
+    argv = [a.format(d=saved_colour_model) for a in argv]
+    for flag, value in (
+        ("--model", str(saved_colour_model / "model.keras")),
+        ("--class", "red"),
+        ("--output-dir", str(tmp_path / "out")),
+    ):
+        if flag not in argv:
+            argv += [flag, value]
+    code, line = run_cli(argv + ["--no-progress"], capsys)
+    assert code == 2
+    assert message in line, line
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_cli_writes_strict_json_when_the_speed_is_unmeasured(saved_colour_model, tmp_path, capsys):
+    """One step: no step after the compiling one, so no speed; null in result.json, never NaN."""
+    out = tmp_path / "out"
+    argv = ["--model", str(saved_colour_model / "model.keras"), "--class", "red", "--steps", "1", "--no-progress"]
+    assert ideal_class.main(argv + ["--output-dir", str(out)]) == 0
+    summary = strict_json(out / "result.json")
+    assert summary["steps_per_second"] is None
+    assert summary["classes"][0]["file"] == "ideal_red.png"
+    assert "speed not measured" in capsys.readouterr().out
+
+
 def test_cli_help_documents_every_flag(capsys):
-    with pytest.raises(SystemExit) as info:
-        ideal_class.main(["--help"])
-    assert info.value.code == 0
+    assert ideal_class.main(["--help"]) == 0
     text = capsys.readouterr().out
     for flag in ("--backbone", "--alpha", "--model", "--class", "--steps", "--learning-rate", "--tv-weight",
                  "--parameterization", "--jitter", "--image-size", "--seed", "--output-dir", "--objective"):
@@ -370,12 +462,28 @@ def test_cli_help_documents_every_flag(capsys):
     parser = ideal_class.build_parser()
     undocumented = [a.dest for a in parser._actions if not a.help]
     assert not undocumented
+    # Every visualization setting is a flag, declared once in VisualizationConfig.
+    for field in dataclasses.fields(vis.VisualizationConfig):
+        assert "--" + field.name.replace("_", "-") in text, field.name
+
+
+def test_cli_flags_become_the_configuration(tmp_path):
+    args = ideal_class.build_parser().parse_args([
+        "--class", "tabby", "--class", "281", "--steps", "64", "--octaves", "4", "--jit-compile",
+        "--no-progress", "--output-dir", str(tmp_path),
+    ])
+    config = ideal_class.config_from_args(args)
+    assert config.classes == ("tabby", 281) and config.backbone == "mobilenet" and config.model is None
+    assert config.visualization == vis.VisualizationConfig(steps=64, octaves=4, jit_compile=True, seed=0)
+    assert not config.progress and config.image_every == 50
 
 
 # ---------------------------------------------------------------- real weights
 
 
 @requires_shared
+@pytest.mark.real
+@pytest.mark.slow
 def test_ideal_tabby_of_mobilenet_is_a_tabby_and_regularization_smooths_it(tmp_path):
     """Acceptance: MobileNet 0.25 ImageNet weights, 224 px, batch of 1, at most 300 steps."""
     model = kt.build_imagenet_classifier("mobilenet", alpha=0.25)
@@ -384,8 +492,8 @@ def test_ideal_tabby_of_mobilenet_is_a_tabby_and_regularization_smooths_it(tmp_p
     result = vis.visualize_classes(model, ["tabby"], config=config, progress=False)
     seconds = time.perf_counter() - start
     path = tmp_path / "ideal_tabby.png"
-    Image.fromarray(result.uint8_images[0]).save(path)
-    saved = np.asarray(Image.open(path))
+    files.write_png(path, result.uint8_images[0])
+    saved = files.read_png(path)
     probs = vis.class_probabilities(model, saved)[0]
     assert probs.argmax() == 281 and probs[281] >= 0.9, (probs.argmax(), probs[281])
     print(f"ideal tabby: p={probs[281]:.4f} in {seconds:.1f} s ({result.steps_per_second:.1f} steps/s)")

@@ -88,6 +88,35 @@ def add_flags(
         target.add_argument(flag, **kwargs)
 
 
+def add_repeated_flag(
+    parser: argparse.ArgumentParser,
+    config_type,
+    field_name: str,
+    flag: str,
+    *,
+    metavar: str,
+    required: bool = False,
+    groups: dict | None = None,
+) -> None:
+    """Adds `flag`, given once per value (`--class a --class b`), for a `Many` setting of `config_type`.
+
+    The help, the `--help` section and the check of each value come from the
+    setting's declaration; `groups` is shared with `_cli.add_flags`.
+    """
+    field = next(f for f in dataclasses.fields(config_type) if f.name == field_name)
+    spec = settings_lib.spec_of(field)
+    target = parser
+    if spec.group and groups is not None:
+        if spec.group not in groups:
+            groups[spec.group] = parser.add_argument_group(spec.group)
+        target = groups[spec.group]
+    kwargs = {"required": True} if required else {"default": []}
+    target.add_argument(
+        flag, dest=field_name, action="append", metavar=metavar, help=spec.help,
+        type=settings_lib.argparse_type(spec.kind.item, flag), **kwargs,
+    )
+
+
 def _default(field: dataclasses.Field):
     if field.default is not dataclasses.MISSING:
         return field.default
@@ -129,6 +158,8 @@ def run_main(prog: str, argv: Sequence[str] | None, body: Callable[[], Any], *, 
     """
     try:
         body()
+    except SystemExit as stop:  # argparse: --help (0) or a usage error (2, one line printed)
+        return stop.code if isinstance(stop.code, int) else EXIT_USER_ERROR
     except KeyboardInterrupt:
         if debugging(argv):
             traceback.print_exc()

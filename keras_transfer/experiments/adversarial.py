@@ -28,6 +28,12 @@ the second model has a class of the same name, it predicts that class; else
 its prediction on the adversarial image differs from its prediction on the
 original.
 
+Every setting is declared once (`AdversarialConfig`) and becomes a flag. Bad
+input (a missing image or empty `--images` folder, a missing or corrupt
+`--model`, an unknown backbone or class, `--eps` beyond 255 for L-inf, an
+output folder that is a file, read-only or in use by another run) ends in one
+line on stderr and exit status 2, before any attack starts.
+
 Examples::
 
     python -m keras_transfer.experiments.adversarial --backbone mobilenet --alpha 0.25 \\
@@ -41,116 +47,167 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
-import re
 import sys
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from keras_transfer.experiments._classifier_source import DEFAULT_BACKBONE, add_arguments, load_classifier
+from keras_transfer import files, naming, run_folder
+from keras_transfer import settings as settings_lib
+from keras_transfer.experiments import _cli
+from keras_transfer.experiments._classifier_source import (
+    ClassifierSource,
+    load_classifier,
+    run_command,
+)
+from keras_transfer.settings import Choice, Either, Flag, Int, Many, Optional, Path, Real, Text, setting
 
+PROG = "python -m keras_transfer.experiments.adversarial"
 DEFAULT_EPS = 4.0
+# The names of keras_transfer.adversarial.ATTACKS and NORMS, without importing
+# TensorFlow for --help.
 ATTACK_CHOICES = ("lesson", "fgsm", "pgd", "bim")
+NORM_CHOICES = ("inf", "2")
 RESIZE_CHOICES = ("stretch", "crop", "pad")
 ROBUST_SPLITS = ("val", "train", "all")
 DEFAULT_EPSILONS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+MAX_FIGURE_IMAGES = 32
+MAX_BATCH_SIZE = 4096
+# Beyond the L2 diagonal of the pixel cube of a 600 px image (265,004; 600 px
+# is the largest input of a Keras Applications backbone), a radius means
+# nothing: rejected as the flags are read. The exact bound (255 for L-inf, the
+# diagonal at the model's input size for L2) is checked before any attack.
+MAX_RADIUS = 300_000.0
+
+_INPUT = "images to attack"
+_ATTACK = "attack"
+_TRANSFER = "transfer to a second model"
+_ROBUST = "robust accuracy versus epsilon"
+_OUTPUT = "output"
+_CLASS = Either((Int(min=0), Text()))
+_RADIUS = Real(min=0, min_open=True, max=MAX_RADIUS)
 
 
 @dataclasses.dataclass(frozen=True)
-class AdversarialConfig:
+class AdversarialConfig(ClassifierSource):
     """What to attack, how, and where to write the results.
 
-    Attributes:
-        output_dir: folder for the PNGs, `figure.png` and `result.json`.
-        images: image files to attack. Defaults to `()`.
-        images_dir: a folder whose image files (any case of .jpg, .jpeg,
-            .png, .gif, .bmp; not recursive) are attacked too. Defaults to
-            `None`.
-        backbone: ImageNet classifier to attack (ignored with `model`).
-            Defaults to `"mobilenet"`.
-        alpha: width multiplier of the backbone. Defaults to `None`: 0.25 for
-            `"mobilenet"`, the family default otherwise.
-        model: path of a `.keras` classifier saved by this package (class
-            names from `classes.json` beside it). Defaults to `None`.
-        target_class: class index or name; `None` is untargeted (change the
-            prediction). Defaults to `None`.
-        attack: `"lesson"`, `"fgsm"`, `"pgd"` or `"bim"`. Defaults to `"pgd"`.
-        norm: `"inf"` or `"2"`. Defaults to `"inf"`.
-        eps: radius in pixel units of [0, 255]. Defaults to `None`: 4 for the
-            bounded attacks, unbounded for `"lesson"`.
-        steps: steps of the iterative attacks. Defaults to `None` (the
-            attack's default: 10 for PGD/BIM, 100 for the lesson).
-        step_size: step length in pixel units. Defaults to `None` (PGD/BIM:
-            2.5 * eps / steps; lesson: 1).
-        early_stop: stop each image at its first success; `False` runs every
-            step (a more confident, larger perturbation). Defaults to `True`.
-        quantize: attack the uint8 images as they will be saved (success
-            judged after rounding). `False` attacks in float32 and judges
-            success before rounding; the PNGs are then rounded to nearest,
-            and `success_after_reload` shows what that costs. Defaults to
-            `True`.
-        transfer_to: a backbone name or a `.keras` path of a second model.
-            Defaults to `None`.
-        transfer_alpha: width multiplier of a `transfer_to` backbone.
-            Defaults to `None` (as for `alpha`).
-        transfer_target_class: class of the second model that counts as
-            transfer success. Defaults to `None` (see the module docstring).
-        resize: how photos become model-size squares: `"stretch"`, `"crop"`
-            (central square) or `"pad"`. Defaults to `"crop"`.
-        batch_size: images attacked at once. Defaults to `32`.
-        seed: seed of the random start. Defaults to `0`.
-        figure_images: rows of `figure.png`. Defaults to `6`.
-        robust_data: a class-per-folder tree (`root/<class>/<image>`, class
-            names as the model's) on which robust accuracy versus epsilon is
-            measured with an untargeted `attack` against the true labels.
-            Defaults to `None`.
-        robust_split: which images of `robust_data`: `"val"` (the held-out
-            split that `keras_transfer.data.load_folder` draws with
-            `val_split` and `split_seed`, i.e. the validation images of a
-            model trained on that folder with the same settings), `"train"`
-            or `"all"`. Defaults to `"val"`.
-        val_split: fraction held out per class, as in training. Defaults to
-            `0.2`.
-        split_seed: seed of that split, as in training. Defaults to `0`.
-        epsilons: budgets of the robust-accuracy sweep, pixel units.
-            Defaults to `(0, 0.5, 1, 2, 4, 8)`.
-        progress: show a progress bar. Defaults to `True`.
+    Every field is a `keras_transfer.settings.setting` (default, valid
+    values and help declared with it, and a flag of the command); the
+    classifier is `backbone`, `alpha` or `model` (see `ClassifierSource`).
+    In more detail:
+
+    - `quantize`: `False` attacks in float32 and judges success before
+      rounding; the PNGs are then rounded to nearest, and
+      `success_after_reload` shows what that costs.
+    - `robust_split`: `"val"` is the held-out split that
+      `keras_transfer.data.load_folder` draws with `val_split` and
+      `split_seed`, i.e. the validation images of a model trained on that
+      folder with the same settings.
+    - `transfer_target_class`: when `None`, transfer success is the attack's
+      target class name if the second model has it, else "its prediction
+      changed" (see the module docstring).
     """
 
-    output_dir: str
-    images: tuple[str, ...] = ()
-    images_dir: str | None = None
-    backbone: str = DEFAULT_BACKBONE
-    alpha: float | None = None
-    model: str | None = None
-    target_class: str | None = None
-    attack: str = "pgd"
-    norm: str = "inf"
-    eps: float | None = None
-    steps: int | None = None
-    step_size: float | None = None
-    early_stop: bool = True
-    quantize: bool = True
-    transfer_to: str | None = None
-    transfer_alpha: float | None = None
-    transfer_target_class: str | None = None
-    resize: str = "crop"
-    batch_size: int = 32
-    seed: int = 0
-    figure_images: int = 6
-    robust_data: str | None = None
-    robust_split: str = "val"
-    val_split: float = 0.2
-    split_seed: int = 0
-    epsilons: tuple[float, ...] = DEFAULT_EPSILONS
-    progress: bool = True
+    output_dir: str = setting(
+        kind=Path(), group=_OUTPUT, metavar="DIR", help="folder for the results (created if needed)."
+    )
+    images: tuple[str, ...] = setting(
+        (), kind=Many(Path(), min_items=0), flag=None, group=_INPUT,
+        help="an image file to attack; repeat for several.",
+    )
+    images_dir: str | None = setting(
+        None, kind=Optional(Path()), flag="--images", group=_INPUT, metavar="DIR",
+        help="a folder whose image files (.jpg .jpeg .png .gif .bmp, any case; not recursive) are attacked.",
+    )
+    resize: str = setting(
+        "crop", kind=Choice(RESIZE_CHOICES), group=_INPUT,
+        help="how photos become model-size squares: stretch, the central square (crop) or pad.",
+    )
+    target_class: int | str | None = setting(
+        None, kind=Optional(_CLASS), group=_ATTACK, metavar="CLASS",
+        help="targeted attack toward this class index or name (e.g. 281, tabby, 'tabby cat'); "
+        "None = untargeted (change the model's prediction). Unknown names list close matches.",
+    )
+    attack: str = setting(
+        "pgd", kind=Choice(ATTACK_CHOICES), group=_ATTACK,
+        help="lesson: unbounded gradient ascent on the class score (the lesson's attack); fgsm: one step of "
+        "size eps; pgd: projected gradient descent with random start; bim: pgd without random start.",
+    )
+    norm: str = setting("inf", kind=Choice(NORM_CHOICES), group=_ATTACK, help="norm of the epsilon ball.")
+    eps: float | None = setting(
+        None, kind=Optional(_RADIUS), group=_ATTACK,
+        help=f"radius of the ball in pixel units of [0, 255], at most 255 for L-inf (None: {DEFAULT_EPS:g} for "
+        "fgsm/pgd/bim; unbounded for lesson).",
+    )
+    steps: int | None = setting(
+        None, kind=Optional(Int(min=1)), group=_ATTACK,
+        help="maximum steps per image (None: 10 for pgd/bim, 100 for lesson; fgsm takes one).",
+    )
+    step_size: float | None = setting(
+        None, kind=Optional(_RADIUS), group=_ATTACK,
+        help="step length in pixel units (None: 2.5 * eps / steps for pgd/bim; 1, as RMS, for lesson).",
+    )
+    early_stop: bool = setting(
+        True, kind=Flag(), group=_ATTACK,
+        help="stop each image at its first success; --no-early-stop runs every step (a more confident, larger "
+        "perturbation; used to study transfer).",
+    )
+    quantize: bool = setting(
+        True, kind=Flag(), group=_ATTACK,
+        help="attack the uint8 images as they will be saved (success judged after rounding); --no-quantize "
+        "attacks in float32, and the PNGs, rounded to nearest, may no longer fool the model.",
+    )
+    batch_size: int = setting(
+        32, kind=Int(min=1, max=MAX_BATCH_SIZE), group=_ATTACK, help="images attacked at once."
+    )
+    seed: int = setting(0, kind=Int(min=0), group=_ATTACK, help="seed of the random start.")
+    transfer_to: str | None = setting(
+        None, kind=Optional(Text()), group=_TRANSFER, metavar="BACKBONE_OR_MODEL",
+        help="also score the adversarial images on this second model: a backbone name (its ImageNet "
+        "classifier) or a .keras file.",
+    )
+    transfer_alpha: float | None = setting(
+        None, kind=Optional(Real(min=0, min_open=True, max=4)), group=_TRANSFER,
+        help="width multiplier of a --transfer-to backbone (None: as for --alpha).",
+    )
+    transfer_target_class: int | str | None = setting(
+        None, kind=Optional(_CLASS), group=_TRANSFER, metavar="CLASS",
+        help="class of the second model that counts as transfer success (e.g. cats). None: the target's "
+        "name if the second model has that class, else 'its prediction changed'.",
+    )
+    robust_data: str | None = setting(
+        None, kind=Optional(Path()), group=_ROBUST, metavar="DIR",
+        help="class-per-folder images (DIR/<class>/<image>, class names as the model's) on which accuracy under "
+        "an untargeted --attack (true labels) is measured for every --epsilons; writes robust_accuracy.png.",
+    )
+    robust_split: str = setting(
+        "val", kind=Choice(ROBUST_SPLITS), group=_ROBUST,
+        help="val: the held-out split load_folder draws with --val-split and --split-seed (the validation images "
+        "of a model trained on DIR with those settings); train; or all images.",
+    )
+    val_split: float = setting(
+        0.2, kind=Real(min=0, max=1, max_open=True), group=_ROBUST, help="held-out fraction per class."
+    )
+    split_seed: int = setting(0, kind=Int(min=0), group=_ROBUST, help="seed of the held-out split.")
+    epsilons: tuple[float, ...] = setting(
+        DEFAULT_EPSILONS, kind=Many(Real(min=0, max=MAX_RADIUS)), group=_ROBUST, metavar="E1,E2,...",
+        help="comma-separated budgets in pixel units (0 = the clean accuracy).",
+    )
+    figure_images: int = setting(
+        6, kind=Int(min=0, max=MAX_FIGURE_IMAGES), group=_OUTPUT, help="images shown in figure.png; 0 = no figure."
+    )
+    progress: bool = setting(True, kind=Flag(), group=_OUTPUT, help="show a progress bar.")
+    command: str | None = setting(
+        None, kind=Optional(Text()), flag=None, fingerprint=False,
+        help="the command line that ran this, recorded in result.json.",
+    )
 
     def __post_init__(self):
+        settings_lib.validate(self)
+        self.check_source()
         if not self.images and self.images_dir is None and self.robust_data is None:
             raise ValueError(
                 "Expected --image files or an --images folder to attack, or --robust-data. Received none of them."
@@ -159,26 +216,20 @@ class AdversarialConfig:
             raise ValueError(
                 "Robust accuracy needs a bounded attack (fgsm, pgd or bim): it varies eps. Received: attack='lesson'"
             )
-        if self.robust_split not in ROBUST_SPLITS:
-            raise ValueError(f"Expected robust_split in {ROBUST_SPLITS}. Received: robust_split={self.robust_split!r}")
-        if not self.epsilons or any(not np.isfinite(e) or e < 0 for e in self.epsilons):
-            raise ValueError(f"Expected finite epsilons >= 0. Received: epsilons={self.epsilons!r}")
-        if self.model is not None and self.alpha is not None:
-            raise ValueError(
-                f"alpha applies to --backbone models, not to a saved --model. Received: alpha={self.alpha!r}, "
-                f"model={self.model!r}"
-            )
-        if self.attack not in ATTACK_CHOICES:
-            raise ValueError(f"Expected attack in {ATTACK_CHOICES}. Received: attack={self.attack!r}")
-        if self.resize not in RESIZE_CHOICES:
-            raise ValueError(f"Expected resize in {RESIZE_CHOICES}. Received: resize={self.resize!r}")
-        if self.transfer_target_class is not None and self.transfer_to is None:
-            raise ValueError(
-                "transfer_target_class needs a second model (--transfer-to). "
-                f"Received: transfer_target_class={self.transfer_target_class!r}"
-            )
-        if self.figure_images < 0:
-            raise ValueError(f"Expected figure_images >= 0. Received: figure_images={self.figure_images!r}")
+        if self.robust_data is not None and self.robust_split == "val" and self.val_split == 0:
+            raise ValueError("The 'val' split needs val_split > 0. Received: robust_split='val', val_split=0")
+        for name in ("transfer_alpha", "transfer_target_class"):
+            if getattr(self, name) is not None and self.transfer_to is None:
+                raise ValueError(
+                    f"{name} needs a second model (--transfer-to). Received: {name}={getattr(self, name)!r}"
+                )
+        self.make_attack()  # the attack's own checks: eps <= 255 for L-inf, FGSM takes one step, ...
+        if self.robust_data is not None:
+            from keras_transfer import adversarial as adv
+
+            self.make_attack(eps=1.0)
+            for eps in self.epsilons:
+                adv.check_radius("epsilons", eps, self.norm)
 
     @property
     def effective_eps(self) -> float | None:
@@ -186,272 +237,137 @@ class AdversarialConfig:
             return float(self.eps)
         return None if self.attack == "lesson" else DEFAULT_EPS
 
+    def make_attack(self, *, eps: float | None = None):
+        """The attack of `attack`, `norm`, ...; with `eps` for robust accuracy (which varies it)."""
+        from keras_transfer import adversarial as adv
+
+        if eps is not None:
+            return adv.make_attack(
+                self.attack, norm=self.norm, eps=eps, steps=self.steps, step_size=self.step_size,
+                quantize=self.quantize,
+            )
+        return adv.make_attack(
+            self.attack,
+            norm=self.norm,
+            eps=self.effective_eps,
+            steps=self.steps,
+            step_size=self.step_size,
+            early_stop=self.early_stop,
+            quantize=self.quantize,
+        )
+
+
+# --------------------------------------------------------------------------
+# Checking the inputs: everything is loaded and resolved before any attack.
+# --------------------------------------------------------------------------
+
 
 def _image_paths(config: AdversarialConfig) -> list[str]:
     from keras_transfer.data import IMAGE_EXTENSIONS
 
-    paths = [os.fspath(p) for p in config.images]
+    paths = list(config.images)
     for path in paths:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"No image file at {path!r}.")
-    if config.images_dir is not None:
-        if not os.path.isdir(config.images_dir):
-            raise FileNotFoundError(f"No folder at {config.images_dir!r} (--images).")
-        names = sorted(
-            n for n in os.listdir(config.images_dir)
-            if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
-        )
+            raise FileNotFoundError(f"No image file at {path!r} (--image).")
+    folder = config.images_dir
+    if folder is not None:
+        if not os.path.exists(folder):
+            raise FileNotFoundError(f"No folder at {folder!r} (--images).")
+        if not os.path.isdir(folder):
+            raise NotADirectoryError(f"--images {folder!r} is a file, not a folder; use --image for one file.")
+        names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
         if not names:
-            raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in {config.images_dir!r}.")
-        paths.extend(os.path.join(config.images_dir, n) for n in names)
+            raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r} (--images).")
+        paths.extend(os.path.join(folder, n) for n in names)
     return paths
 
 
-def _stems(paths: Sequence[str]) -> list[str]:
-    """File-name stems made safe and unique (`dog`, `dog_2`, ...)."""
-    stems, seen = [], set()
-    for path in paths:
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(path))[0]) or "image"
-        unique, k = stem, 2
-        while unique in seen:
-            unique, k = f"{stem}_{k}", k + 1
-        seen.add(unique)
-        stems.append(unique)
-    return stems
+@dataclasses.dataclass
+class _SecondModel:
+    """The `--transfer-to` model and what success on it means."""
+
+    model: object
+    names: list[str]
+    description: str
+    criterion: object
+    meaning: str
 
 
-def _write_png(path: str, image: np.ndarray) -> None:
-    import tensorflow as tf
+@dataclasses.dataclass
+class _ImageJob:
+    """The decoded images to attack, their names and the criterion."""
 
-    tf.io.write_file(path, tf.io.encode_png(np.ascontiguousarray(image, np.uint8)))
+    images: np.ndarray
+    kept: list[str]
+    skipped: list[str]
+    stems: list[str]
+    target: int | None
+    second: _SecondModel | None
 
-
-def _read_png(path: str) -> np.ndarray:
-    import tensorflow as tf
-
-    return tf.io.decode_png(tf.io.read_file(path), channels=3).numpy()
-
-
-def _prediction(probabilities: np.ndarray, names: Sequence[str]) -> dict:
-    k = int(np.argmax(probabilities))
-    return {"class": k, "name": names[k], "probability": float(probabilities[k])}
-
-
-def _transfer_criterion(config, targeted, target, names, transfer_names):
-    """The criterion on the second model and a sentence saying what it means."""
-    from keras_transfer import adversarial as adv
-    from keras_transfer import classes as classes_lib
-
-    if config.transfer_target_class is not None:
-        t = classes_lib.resolve_class(config.transfer_target_class, transfer_names)
-        return adv.TargetedMisclassification(t), f"the second model predicts {transfer_names[t]!r} ({t})"
-    if targeted:
-        try:
-            t = classes_lib.resolve_class(names[target], transfer_names)
-        except ValueError:
-            t = None
-        if t is not None:
-            return adv.TargetedMisclassification(t), f"the second model predicts {transfer_names[t]!r} ({t})"
-    return adv.Misclassification(), "the second model's prediction differs from its prediction on the original"
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
 
 
-def run(config: AdversarialConfig) -> dict:
-    """Attacks the images and writes the files listed in the module docstring.
-
-    Returns:
-        The content of `result.json`.
-    """
-    import keras
-    import tensorflow as tf
-
-    paths = _image_paths(config) if (config.images or config.images_dir) else []
-    model, names, description = load_classifier(config.model, config.backbone, config.alpha)
-    os.makedirs(config.output_dir, exist_ok=True)
-    summary: dict = {"model": description}
-    if paths:
-        summary.update(_attack_images(config, paths, model, names))
-    if config.robust_data is not None:
-        summary["robust_accuracy"] = _robust_accuracy(config, model, names)
-    summary["config"] = dataclasses.asdict(config)
-    summary["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
-    with open(os.path.join(config.output_dir, "result.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-    return summary
-
-
-def _attack_images(config: AdversarialConfig, paths: list[str], model, names: Sequence[str]) -> dict:
-    """Attacks the image files; writes the PNGs and the figure; returns the result.json parts."""
-    import tensorflow as tf
-
-    from keras_transfer import adversarial as adv
+def _prepare_images(config: AdversarialConfig, model, names: Sequence[str]) -> _ImageJob:
+    """Resolves the target class, decodes the images and loads the second model: every check before the attack."""
     from keras_transfer import classes as classes_lib
     from keras_transfer import models as models_lib
     from keras_transfer.data import load_image_files
-    from keras_transfer.plotting.adversarial import plot_adversarial_examples
 
-    size = models_lib.image_size_of(model)
-    images, kept, skipped = load_image_files(paths, image_size=size, resize=config.resize)
+    target = classes_lib.resolve_class(config.target_class, names) if config.target_class is not None else None
+    paths = _image_paths(config)
+    images, kept, skipped = load_image_files(paths, image_size=models_lib.image_size_of(model), resize=config.resize)
     if not kept:
         raise ValueError(f"None of the {len(paths)} image files could be decoded: {skipped[:5]}")
-    stems = _stems(kept)
-
-    targeted = config.target_class is not None
-    target = classes_lib.resolve_class(config.target_class, names) if targeted else None
-    criterion = adv.TargetedMisclassification(target) if targeted else adv.Misclassification()
-    attack = adv.make_attack(
-        config.attack,
-        norm=config.norm,
-        eps=config.effective_eps,
-        steps=config.steps,
-        step_size=config.step_size,
-        early_stop=config.early_stop,
-        quantize=config.quantize,
-    )
-    clean_logits = adv.predict_logits(model, images, batch_size=config.batch_size)
-    result = attack(
-        model, images, criterion, batch_size=config.batch_size, seed=config.seed, verbose=int(config.progress)
-    )
-
-    files = []
-    # Float results (quantize=False) are saved rounded to nearest, as any PNG writer would.
-    as_saved = np.clip(np.round(result.adversarial), 0, 255).astype(np.uint8)
-    for stem, original, adversarial in zip(stems, images, as_saved):
-        pair = (f"{stem}_original.png", f"{stem}_adversarial.png")
-        _write_png(os.path.join(config.output_dir, pair[0]), original)
-        _write_png(os.path.join(config.output_dir, pair[1]), adversarial)
-        files.append(pair)
-    # Measure what was written: the adversarial PNGs read back from disk.
-    reloaded = np.stack([_read_png(os.path.join(config.output_dir, f[1])) for f in files])
-    reloaded_logits = adv.predict_logits(model, reloaded, batch_size=config.batch_size)
-    reloaded_success = adv.is_adversarial(reloaded_logits, result.classes, targeted=targeted)
-    metrics = adv.attack_metrics(
-        originals=images,
-        adversarials=reloaded,
-        logits=reloaded_logits,
-        classes=result.classes,
-        targeted=targeted,
-        clean_logits=clean_logits,
-    )
-    linf, l2 = adv.perturbation_norms(images, reloaded)
-    before = adv._softmax(clean_logits)
-    after = adv._softmax(reloaded_logits)
-
-    transfer = None
-    if config.transfer_to is not None:
-        is_file = config.transfer_to.endswith(".keras") or os.path.isfile(config.transfer_to)
-        second, second_names, second_description = load_classifier(
-            config.transfer_to if is_file else None, config.transfer_to, config.transfer_alpha
-        )
-        second_size = models_lib.image_size_of(second)
-        resized_note = None
-        clean_second_in, adv_second_in = images, reloaded
-        if second_size != size:
-            resize = lambda x: tf.cast(  # noqa: E731
-                tf.clip_by_value(tf.round(tf.image.resize(x, (second_size, second_size), antialias=True)), 0, 255),
-                tf.uint8,
-            ).numpy()
-            clean_second_in, adv_second_in = resize(images), resize(reloaded)
-            resized_note = f"images resized from {size} to {second_size} px (bilinear) for the second model"
-        transfer_criterion, meaning = _transfer_criterion(config, targeted, target, names, second_names)
-        transfer_metrics, second_clean, second_adv = adv.transfer_metrics(
-            second,
-            originals=clean_second_in,
-            adversarials=adv_second_in,
-            criterion=transfer_criterion,
-            source_success=reloaded_success,
-            batch_size=config.batch_size,
-        )
-        t_targeted, t_classes = adv.resolve_criterion(transfer_criterion, second, clean_second_in)
-        transfer = {
-            "model": second_description,
-            "success_means": meaning,
-            "resized": resized_note,
-            "metrics": transfer_metrics.to_dict(),
-            "before": adv._softmax(second_clean),
-            "after": adv._softmax(second_adv),
-            "success": adv.is_adversarial(second_adv, t_classes, targeted=t_targeted),
-            "names": second_names,
-        }
-
-    per_image = []
-    for i, (stem, path) in enumerate(zip(stems, kept)):
-        item = {
-            "name": stem,
-            "path": os.path.abspath(path),
-            "original_png": files[i][0],
-            "adversarial_png": files[i][1],
-            "before": _prediction(before[i], names),
-            "after": _prediction(after[i], names),
-            "linf": float(linf[i]),
-            "l2": float(l2[i]),
-            "success": bool(result.success[i]),
-            "success_after_reload": bool(reloaded_success[i]),
-            "gradient_steps": int(result.gradient_steps[i]),
-        }
-        if targeted:
-            item["target_probability_before"] = float(before[i, target])
-            item["target_probability_after"] = float(after[i, target])
-        if transfer is not None:
-            item["transfer"] = {
-                "before": _prediction(transfer["before"][i], transfer["names"]),
-                "after": _prediction(transfer["after"][i], transfer["names"]),
-                "success": bool(transfer["success"][i]),
-            }
-        per_image.append(item)
-
-    if config.figure_images:
-        figure = plot_adversarial_examples(
-            images,
-            reloaded,
-            probabilities_before=before,
-            probabilities_after=after,
-            class_names=names,
-            target_classes=result.classes,
-            titles=stems,
-            max_images=config.figure_images,
-        )
-        figure.savefig(os.path.join(config.output_dir, "figure.png"), dpi=80)
-
-    totals = {
-        "num_images": len(kept),
-        "num_skipped": len(skipped),
-        "success_rate": result.success_rate,
-        "success_rate_after_reload": float(np.mean(reloaded_success)),
-        **{k: v for k, v in metrics.to_dict().items() if k not in ("num_images", "success_rate")},
-        "attack_seconds": result.seconds,
-        "images_per_second": result.images_per_second,
-        "mean_gradient_steps": float(np.mean(result.gradient_steps)),
-    }
-    if transfer is not None:
-        totals["transfer_success_rate"] = transfer["metrics"]["success_rate"]
-        totals["transfer_clean_rate"] = transfer["metrics"]["clean_rate"]
-        totals["transfer_success_rate_given_source_success"] = transfer["metrics"][
-            "success_rate_given_source_success"
-        ]
-    return {
-        "attack": attack.describe(),
-        "criterion": (
-            {"type": "targeted", "target_class": target, "target_name": names[target]}
-            if targeted
-            else {"type": "untargeted", "meaning": "the model's prediction on the original changes"}
-        ),
-        "totals": totals,
-        "transfer": None
-        if transfer is None
-        else {k: transfer[k] for k in ("model", "success_means", "resized", "metrics")},
-        "images": per_image,
-        "skipped": skipped,
-    }
+    config.make_attack().check_radii(images.shape[1:])  # L2 radii are bounded by the image size
+    second = _load_second_model(config, target, names) if config.transfer_to is not None else None
+    stems = naming.unique_stems([os.path.splitext(os.path.basename(p))[0] for p in kept], default="image")
+    return _ImageJob(images=images, kept=kept, skipped=skipped, stems=stems, target=target, second=second)
 
 
-def _robust_accuracy(config: AdversarialConfig, model, names: Sequence[str]) -> dict:
-    """Robust accuracy versus epsilon on a class-per-folder split; writes robust_accuracy.png."""
+def _load_second_model(config: AdversarialConfig, target: int | None, names: Sequence[str]) -> _SecondModel:
+    """The `--transfer-to` classifier and the criterion of transfer success on it."""
+    from keras_transfer import adversarial as adv
+    from keras_transfer import classes as classes_lib
+
+    spec = config.transfer_to
+    is_file = spec.endswith(".keras") or os.path.isfile(spec)
+    model, second_names, description = load_classifier(spec if is_file else None, spec, config.transfer_alpha)
+    t = None
+    if config.transfer_target_class is not None:
+        t = classes_lib.resolve_class(config.transfer_target_class, second_names)
+    elif target is not None:
+        try:
+            t = classes_lib.resolve_class(names[target], second_names)
+        except ValueError:
+            t = None
+    if t is not None:
+        criterion = adv.TargetedMisclassification(t)
+        meaning = f"the second model predicts {second_names[t]!r} ({t})"
+    else:
+        criterion = adv.Misclassification()
+        meaning = "the second model's prediction differs from its prediction on the original"
+    return _SecondModel(model, second_names, description, criterion, meaning)
+
+
+@dataclasses.dataclass
+class _RobustJob:
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    mapping: np.ndarray
+
+
+def _prepare_robust(config: AdversarialConfig, model, names: Sequence[str]) -> _RobustJob:
+    """The `--robust-split` images of `--robust-data`, labelled with the model's classes (by name)."""
     from keras_transfer import adversarial as adv
     from keras_transfer import classes as classes_lib
     from keras_transfer import models as models_lib
     from keras_transfer.data import load_folder
-    from keras_transfer.plotting.adversarial import plot_robust_accuracy
 
+    if not os.path.isdir(config.robust_data):
+        raise FileNotFoundError(f"No folder at {config.robust_data!r} (--robust-data).")
     data = load_folder(
         config.robust_data,
         image_size=models_lib.image_size_of(model),
@@ -468,210 +384,306 @@ def _robust_accuracy(config: AdversarialConfig, model, names: Sequence[str]) -> 
     for image, label in split.as_numpy_iterator():
         images.append(image)
         labels.append(mapping[label])
-    images, labels = np.stack(images), np.asarray(labels, np.int32)
-    attack = adv.make_attack(
-        config.attack, norm=config.norm, eps=1.0, steps=config.steps, step_size=config.step_size,
-        quantize=config.quantize,
+    if not images:
+        raise ValueError(f"No images in the {config.robust_split!r} split of {config.robust_data!r}.")
+    images = np.stack(images)
+    for eps in config.epsilons:
+        adv.check_radius("epsilons", eps, config.norm, images.shape[1:])
+    return _RobustJob(images, np.asarray(labels, np.int32), list(data.class_names), mapping)
+
+
+# --------------------------------------------------------------------------
+# The run.
+# --------------------------------------------------------------------------
+
+
+def run(config: AdversarialConfig) -> dict:
+    """Attacks the images and writes the files listed in the module docstring.
+
+    The output folder is checked (writable, not in use by another run) and
+    every input (images, classes, models, robust-accuracy data) loaded and
+    resolved before any attack starts.
+
+    Returns:
+        The content of `result.json`.
+    """
+    import keras
+    import tensorflow as tf
+
+    with run_folder.folder_lock(config.output_dir, command=config.command or PROG):
+        model, names, description = load_classifier(config.model, config.backbone, config.alpha)
+        job = _prepare_images(config, model, names) if config.images or config.images_dir else None
+        robust = _prepare_robust(config, model, names) if config.robust_data is not None else None
+        summary: dict = {"model": description}
+        if job is not None:
+            summary.update(_attack_images(config, job, model, names))
+        if robust is not None:
+            summary["robust_accuracy"] = _robust_accuracy(config, robust, model, names)
+        summary["config"] = dataclasses.asdict(config)
+        summary["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
+        files.write_json(os.path.join(config.output_dir, "result.json"), summary)
+    return files.jsonable(summary)
+
+
+@dataclasses.dataclass
+class _Saved:
+    """The adversarial images as written and read back, and the model's view of them."""
+
+    files: list[tuple[str, str]]
+    reloaded: np.ndarray
+    logits: np.ndarray
+    success: np.ndarray
+
+
+def _attack_images(config: AdversarialConfig, job: _ImageJob, model, names: Sequence[str]) -> dict:
+    """Attacks the images; writes the PNGs and the figure; returns the result.json parts."""
+    from keras_transfer import adversarial as adv
+
+    criterion = adv.TargetedMisclassification(job.target) if job.targeted else adv.Misclassification()
+    attack = config.make_attack()
+    clean_logits = adv.predict_logits(model, job.images, batch_size=config.batch_size)
+    result = attack(
+        model, job.images, criterion, batch_size=config.batch_size, seed=config.seed, verbose=int(config.progress)
     )
+    saved = _save_pngs(config, job, result, model)
+    metrics = adv.attack_metrics(
+        originals=job.images,
+        adversarials=saved.reloaded,
+        logits=saved.logits,
+        classes=result.classes,
+        targeted=job.targeted,
+        clean_logits=clean_logits,
+    )
+    before, after = adv.softmax(clean_logits), adv.softmax(saved.logits)
+    transfer = _transfer(config, job, saved) if job.second is not None else None
+    if config.figure_images:
+        _save_figure(config, job, saved.reloaded, before, after, names, result.classes)
+    totals = {
+        "num_images": len(job.kept),
+        "num_skipped": len(job.skipped),
+        "success_rate": result.success_rate,
+        "success_rate_after_reload": float(np.mean(saved.success)),
+        **{k: v for k, v in metrics.to_dict().items() if k not in ("num_images", "success_rate")},
+        "attack_seconds": result.seconds,
+        "images_per_second": result.images_per_second,
+        "mean_gradient_steps": float(np.mean(result.gradient_steps)),
+    }
+    if transfer is not None:
+        totals["transfer_success_rate"] = transfer["metrics"]["success_rate"]
+        totals["transfer_clean_rate"] = transfer["metrics"]["clean_rate"]
+        totals["transfer_success_rate_given_source_success"] = transfer["metrics"][
+            "success_rate_given_source_success"
+        ]
+    return {
+        "attack": attack.describe(),
+        "criterion": (
+            {"type": "targeted", "target_class": job.target, "target_name": names[job.target]}
+            if job.targeted
+            else {"type": "untargeted", "meaning": "the model's prediction on the original changes"}
+        ),
+        "totals": totals,
+        "transfer": None
+        if transfer is None
+        else {k: transfer[k] for k in ("model", "success_means", "resized", "metrics")},
+        "images": _per_image(job, result, saved, before, after, names, transfer),
+        "skipped": job.skipped,
+    }
+
+
+def _save_pngs(config: AdversarialConfig, job: _ImageJob, result, model) -> _Saved:
+    """Writes `<name>_original.png` and `<name>_adversarial.png`, and judges the PNGs read back from disk."""
+    from keras_transfer import adversarial as adv
+
+    pairs = []
+    # Float results (quantize=False) are saved rounded to nearest, as any PNG writer would.
+    as_saved = np.clip(np.round(result.adversarial), 0, 255).astype(np.uint8)
+    for stem, original, adversarial in zip(job.stems, job.images, as_saved):
+        pair = (f"{stem}_original.png", f"{stem}_adversarial.png")
+        files.write_png(os.path.join(config.output_dir, pair[0]), original)
+        files.write_png(os.path.join(config.output_dir, pair[1]), adversarial)
+        pairs.append(pair)
+    # Measure what was written: the adversarial PNGs read back from disk.
+    reloaded = np.stack([files.read_png(os.path.join(config.output_dir, p[1])) for p in pairs])
+    logits = adv.predict_logits(model, reloaded, batch_size=config.batch_size)
+    success = adv.is_adversarial(logits, result.classes, targeted=job.targeted)
+    return _Saved(files=pairs, reloaded=reloaded, logits=logits, success=success)
+
+
+def _transfer(config: AdversarialConfig, job: _ImageJob, saved: _Saved) -> dict:
+    """The second model's view of the original and adversarial PNGs."""
+    import tensorflow as tf
+
+    from keras_transfer import adversarial as adv
+    from keras_transfer import models as models_lib
+
+    second = job.second
+    size, second_size = job.images.shape[1], models_lib.image_size_of(second.model)
+    resized_note = None
+    clean_in, adv_in = job.images, saved.reloaded
+    if second_size != size:
+
+        def resize(x):
+            resized = tf.image.resize(x, (second_size, second_size), antialias=True)
+            return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
+
+        clean_in, adv_in = resize(job.images), resize(saved.reloaded)
+        resized_note = f"images resized from {size} to {second_size} px (bilinear) for the second model"
+    metrics, second_clean, second_adv = adv.transfer_metrics(
+        second.model,
+        originals=clean_in,
+        adversarials=adv_in,
+        criterion=second.criterion,
+        source_success=saved.success,
+        batch_size=config.batch_size,
+    )
+    targeted, classes = adv.resolve_criterion(second.criterion, second.model, clean_in)
+    return {
+        "model": second.description,
+        "success_means": second.meaning,
+        "resized": resized_note,
+        "metrics": metrics.to_dict(),
+        "before": adv.softmax(second_clean),
+        "after": adv.softmax(second_adv),
+        "success": adv.is_adversarial(second_adv, classes, targeted=targeted),
+        "names": second.names,
+    }
+
+
+def _prediction(probabilities: np.ndarray, names: Sequence[str]) -> dict:
+    k = int(np.argmax(probabilities))
+    return {"class": k, "name": names[k], "probability": float(probabilities[k])}
+
+
+def _per_image(job: _ImageJob, result, saved: _Saved, before, after, names, transfer) -> list[dict]:
+    from keras_transfer import adversarial as adv
+
+    linf, l2 = adv.perturbation_norms(job.images, saved.reloaded)
+    per_image = []
+    for i, (stem, path) in enumerate(zip(job.stems, job.kept)):
+        item = {
+            "name": stem,
+            "path": os.path.abspath(path),
+            "original_png": saved.files[i][0],
+            "adversarial_png": saved.files[i][1],
+            "before": _prediction(before[i], names),
+            "after": _prediction(after[i], names),
+            "linf": float(linf[i]),
+            "l2": float(l2[i]),
+            "success": bool(result.success[i]),
+            "success_after_reload": bool(saved.success[i]),
+            "gradient_steps": int(result.gradient_steps[i]),
+        }
+        if job.targeted:
+            item["target_probability_before"] = float(before[i, job.target])
+            item["target_probability_after"] = float(after[i, job.target])
+        if transfer is not None:
+            item["transfer"] = {
+                "before": _prediction(transfer["before"][i], transfer["names"]),
+                "after": _prediction(transfer["after"][i], transfer["names"]),
+                "success": bool(transfer["success"][i]),
+            }
+        per_image.append(item)
+    return per_image
+
+
+def _save_figure(config: AdversarialConfig, job: _ImageJob, reloaded, before, after, names, classes) -> None:
+    from keras_transfer.plotting.adversarial import plot_adversarial_examples
+
+    figure = plot_adversarial_examples(
+        job.images,
+        reloaded,
+        probabilities_before=before,
+        probabilities_after=after,
+        class_names=names,
+        target_classes=classes,
+        titles=job.stems,
+        max_images=config.figure_images,
+    )
+    files.save_figure(figure, os.path.join(config.output_dir, "figure.png"), dpi=80)
+
+
+def _robust_accuracy(config: AdversarialConfig, job: _RobustJob, model, names: Sequence[str]) -> dict:
+    """Robust accuracy versus epsilon on the prepared split; writes robust_accuracy.png."""
+    from keras_transfer import adversarial as adv
+    from keras_transfer.plotting.adversarial import plot_robust_accuracy
+
     curve = adv.robust_accuracy(
-        model, images, labels, epsilons=config.epsilons, attack=attack, batch_size=config.batch_size,
-        seed=config.seed, verbose=int(config.progress),
+        model, job.images, job.labels, epsilons=config.epsilons, attack=config.make_attack(eps=1.0),
+        batch_size=config.batch_size, seed=config.seed, verbose=int(config.progress),
     )
+
     def last_two(path: str) -> str:
         return os.path.join(*os.path.normpath(os.path.abspath(path)).split(os.sep)[-2:])
 
     rounding = "uint8 images" if config.quantize else "float images"
+    source = last_two(config.model) if config.model else config.backbone
     figure = plot_robust_accuracy(
-        curve, labels=[curve.attack], title=f"{last_two(config.model) if config.model else config.backbone} on "
-        f"{last_two(config.robust_data)}\n({config.robust_split} split, {rounding})"
+        curve,
+        labels=[curve.attack],
+        title=f"{source} on {last_two(config.robust_data)}\n({config.robust_split} split, {rounding})",
     )
-    figure.savefig(os.path.join(config.output_dir, "robust_accuracy.png"), dpi=100)
+    files.save_figure(figure, os.path.join(config.output_dir, "robust_accuracy.png"), dpi=100)
     return {
         "data": os.path.abspath(config.robust_data),
         "split": config.robust_split,
-        "class_mapping": {name: names[k] for name, k in zip(data.class_names, mapping)},
+        "class_mapping": {name: names[k] for name, k in zip(job.class_names, job.mapping)},
         **curve.to_dict(),
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_transfer.experiments.adversarial",
+# --------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------
+
+
+def build_parser() -> _cli.Parser:
+    parser = _cli.Parser(
+        prog=PROG,
         description=(
             "Attack photos so that a classifier changes its answer (targeted with --target-class, else "
             "untargeted), within an epsilon ball in pixel units of [0, 255]. Writes <name>_original.png "
             "and <name>_adversarial.png (lossless) per image, figure.png and result.json."
         ),
     )
-    add_arguments(parser, verb="attacked")
-    parser.add_argument(
-        "--image", dest="image_files", action="append", default=[], metavar="FILE",
-        help="an image file to attack; repeat for several.",
-    )
-    parser.add_argument(
-        "--images", dest="images_dir", default=None, metavar="DIR",
-        help="a folder whose image files (.jpg .jpeg .png .gif .bmp, any case; not recursive) are attacked.",
-    )
-    parser.add_argument(
-        "--target-class",
-        default=None,
-        metavar="CLASS",
-        help="targeted attack toward this class index or name (e.g. 281, tabby, 'tabby cat'); "
-        "absent = untargeted (change the model's prediction). Unknown names list close matches.",
-    )
-    parser.add_argument(
-        "--attack",
-        choices=ATTACK_CHOICES,
-        default="pgd",
-        help="lesson: unbounded gradient ascent on the class score (the lesson's attack); fgsm: one step of "
-        "size eps; pgd: projected gradient descent with random start; bim: pgd without random start "
-        "(default: %(default)s).",
-    )
-    parser.add_argument(
-        "--norm", choices=("inf", "2"), default="inf", help="norm of the epsilon ball (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--eps",
-        type=float,
-        default=None,
-        help=f"radius of the ball in pixel units of [0, 255] (default: {DEFAULT_EPS:g} for fgsm/pgd/bim; "
-        "none, i.e. unbounded, for lesson).",
-    )
-    parser.add_argument(
-        "--steps", type=int, default=None,
-        help="maximum steps per image (default: 10 for pgd/bim, 100 for lesson; fgsm takes one).",
-    )
-    parser.add_argument(
-        "--step-size", type=float, default=None,
-        help="step length in pixel units (default: 2.5 * eps / steps for pgd/bim; 1, as RMS, for lesson).",
-    )
-    parser.add_argument(
-        "--no-early-stop", action="store_true",
-        help="run every step instead of stopping each image at its first success (a more confident, larger "
-        "perturbation; used to study transfer).",
-    )
-    parser.add_argument(
-        "--no-quantize", action="store_true",
-        help="attack in float32 and judge success before rounding (by default the attack works on the uint8 "
-        "images as saved); the PNGs are then rounded to nearest and may no longer fool the model.",
-    )
-    parser.add_argument(
-        "--transfer-to",
-        default=None,
-        metavar="BACKBONE_OR_MODEL",
-        help="also score the adversarial images on this second model: a backbone name (its ImageNet "
-        "classifier) or a .keras file.",
-    )
-    parser.add_argument(
-        "--transfer-alpha", type=float, default=None,
-        help="width multiplier of a --transfer-to backbone (default: as for --alpha).",
-    )
-    parser.add_argument(
-        "--transfer-target-class",
-        default=None,
-        metavar="CLASS",
-        help="class of the second model that counts as transfer success (e.g. cats). Default: the target's "
-        "name if the second model has that class, else 'its prediction changed'.",
-    )
-    parser.add_argument(
-        "--resize", choices=RESIZE_CHOICES, default="crop",
-        help="how photos become model-size squares (default: %(default)s, the central square).",
-    )
-    parser.add_argument("--batch-size", type=int, default=32, help="images attacked at once (default: %(default)s).")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random start (default: %(default)s).")
-    parser.add_argument(
-        "--figure-images", type=int, default=6, help="images shown in figure.png; 0 = no figure (default: %(default)s)."
-    )
-    robust = parser.add_argument_group("robust accuracy versus epsilon")
-    robust.add_argument(
-        "--robust-data", default=None, metavar="DIR",
-        help="class-per-folder images (DIR/<class>/<image>, class names as the model's) on which accuracy under "
-        "an untargeted --attack (true labels) is measured for every --epsilons; writes robust_accuracy.png.",
-    )
-    robust.add_argument(
-        "--robust-split", choices=ROBUST_SPLITS, default="val",
-        help="val: the held-out split load_folder draws with --val-split and --split-seed (the validation images "
-        "of a model trained on DIR with those settings); train; or all images (default: %(default)s).",
-    )
-    robust.add_argument("--val-split", type=float, default=0.2, help="held-out fraction per class (default: %(default)s).")
-    robust.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split (default: %(default)s).")
-    robust.add_argument(
-        "--epsilons", type=_epsilons, default=DEFAULT_EPSILONS,
-        help="comma-separated budgets in pixel units (default: %s)." % ",".join(f"{e:g}" for e in DEFAULT_EPSILONS),
-    )
-    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar.")
-    parser.add_argument("--output-dir", required=True, help="folder for the results (created if needed).")
+    groups: dict = {}
+    _cli.add_repeated_flag(parser, AdversarialConfig, "images", "--image", metavar="FILE", groups=groups)
+    _cli.add_flags(parser, AdversarialConfig, required=("output_dir",), groups=groups)
     return parser
 
 
-def _epsilons(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0,1,2,4. Received: {text!r}") from None
+def config_from_args(args, *, command: str | None = None) -> AdversarialConfig:
+    return _cli.from_args(AdversarialConfig, args, command=command)
 
 
-def config_from_args(args: argparse.Namespace) -> AdversarialConfig:
-    return AdversarialConfig(
-        output_dir=args.output_dir,
-        images=tuple(args.image_files),
-        images_dir=args.images_dir,
-        backbone=args.backbone,
-        alpha=args.alpha,
-        model=args.model,
-        target_class=args.target_class,
-        attack=args.attack,
-        norm=args.norm,
-        eps=args.eps,
-        steps=args.steps,
-        step_size=args.step_size,
-        early_stop=not args.no_early_stop,
-        quantize=not args.no_quantize,
-        transfer_to=args.transfer_to,
-        transfer_alpha=args.transfer_alpha,
-        transfer_target_class=args.transfer_target_class,
-        resize=args.resize,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        figure_images=args.figure_images,
-        robust_data=args.robust_data,
-        robust_split=args.robust_split,
-        val_split=args.val_split,
-        split_seed=args.split_seed,
-        epsilons=args.epsilons,
-        progress=not args.no_progress,
-    )
+def _number(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _report(summary: dict, config: AdversarialConfig, seconds: float) -> None:
+    if "robust_accuracy" in summary:
+        curve = summary["robust_accuracy"]
+        pairs = ", ".join(f"eps {e:g}: {_number(a, '.3f')}" for e, a in zip(curve["epsilons"], curve["accuracy"]))
+        print(f"robust accuracy ({curve['attack']}, n={curve['num_images']}): {pairs}")
+    if "totals" in summary:
+        totals = summary["totals"]
+        line = (
+            f"{summary['attack']}: {totals['num_images']} images, success "
+            f"{_number(totals['success_rate_after_reload'], '.4f')} (saved PNGs), mean L-inf "
+            f"{_number(totals['mean_linf'], '.2f')}, mean L2 {_number(totals['mean_l2'], '.1f')}, "
+            f"{_number(totals['images_per_second'], '.1f')} images/s"
+        )
+        if "transfer_success_rate" in totals:
+            line += (
+                f"; transfer success {_number(totals['transfer_success_rate'], '.4f')} "
+                f"(clean baseline {_number(totals['transfer_clean_rate'], '.4f')})"
+            )
+        print(line)
+    print(f"results in {os.path.abspath(config.output_dir)} ({seconds:.0f} s)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    try:
-        summary = run(config_from_args(args))
-    except (ValueError, FileNotFoundError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    if "robust_accuracy" in summary:
-        curve = summary["robust_accuracy"]
-        pairs = ", ".join(f"eps {e:g}: {a:.3f}" for e, a in zip(curve["epsilons"], curve["accuracy"]))
-        print(f"robust accuracy ({curve['attack']}, n={curve['num_images']}): {pairs}")
-    if "totals" not in summary:
-        print(f"results in {os.path.abspath(args.output_dir)} ({time.perf_counter() - start:.0f} s)")
-        return 0
-    totals = summary["totals"]
-    line = (
-        f"{summary['attack']}: {totals['num_images']} images, success {totals['success_rate_after_reload']:.4f} "
-        f"(saved PNGs), mean L-inf {totals['mean_linf']:.2f}, mean L2 {totals['mean_l2']:.1f}, "
-        f"{totals['images_per_second']:.1f} images/s"
-    )
-    if "transfer_success_rate" in totals:
-        line += (
-            f"; transfer success {totals['transfer_success_rate']:.4f} "
-            f"(clean baseline {totals['transfer_clean_rate']:.4f})"
-        )
-    print(line)
-    print(f"results in {os.path.abspath(args.output_dir)} ({time.perf_counter() - start:.0f} s)")
-    return 0
+    """Runs the command; returns the exit status (2 for any bad input, with one line on stderr)."""
+    return run_command(build_parser(), argv, make_config=config_from_args, run=run, report=_report)
 
 
 if __name__ == "__main__":

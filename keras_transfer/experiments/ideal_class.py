@@ -12,6 +12,12 @@ and writes, in `--output-dir`:
   final loss terms; plus the full configuration and the timing;
 - `logs/`: TensorBoard scalars and images.
 
+Every setting is declared once (`IdealClassConfig`,
+`keras_transfer.visualization.VisualizationConfig`) and becomes a flag. Bad
+input (an unknown class, a missing or corrupt `--model`, an output folder that
+is a file, read-only or in use by another run, a number out of range) ends in
+one line on stderr and exit status 2, before anything is optimized.
+
 Examples::
 
     python -m keras_transfer.experiments.ideal_class --class tabby --class zebra --output-dir runs/ideal
@@ -21,11 +27,8 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -33,99 +36,119 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
+from keras_transfer import files, naming, run_folder
+from keras_transfer import settings as settings_lib
 from keras_transfer import visualization as vis
-from keras_transfer.experiments._classifier_source import DEFAULT_BACKBONE, add_arguments, load_classifier
+from keras_transfer.experiments import _cli
+from keras_transfer.experiments._classifier_source import (
+    ClassifierSource,
+    load_classifier,
+    run_command,
+)
 from keras_transfer.plotting.visualization import plot_class_images, plot_visualization_history
+from keras_transfer.settings import Either, Flag, Int, Many, Optional, Path, Text, setting
+
+PROG = "python -m keras_transfer.experiments.ideal_class"
+_OUTPUT = "output"
 
 
 @dataclasses.dataclass(frozen=True)
-class IdealClassConfig:
-    """What to visualize, with which model, and where to write it.
+class IdealClassConfig(ClassifierSource):
+    """What to visualize, with which model (`backbone`, `alpha` or `model`), and where to write it.
 
-    Attributes:
-        classes: class indices or names, one image each.
-        output_dir: folder for the images, figures, `result.json` and logs.
-        backbone: ImageNet classifier to visualize (ignored with `model`).
-            Defaults to `"mobilenet"`.
-        alpha: width multiplier of the backbone. Defaults to `None`: 0.25
-            for `"mobilenet"`, the family default otherwise.
-        model: path of a `.keras` classifier saved by this package (class
-            names from `classes.json` beside it). Defaults to `None`.
-        visualization: optimization hyper-parameters. Defaults to
-            `VisualizationConfig(seed=0)`.
-        image_every: TensorBoard image interval in steps. Defaults to `50`.
-        progress: show a progress bar. Defaults to `True`.
-        command: the command line that ran this, recorded in `result.json`.
-            Defaults to `None`.
+    Every field but `visualization` is a `keras_transfer.settings.setting`
+    (default, valid values and help declared with it); `visualization` holds
+    the optimization hyper-parameters. Defaults to
+    `VisualizationConfig(seed=0)`.
     """
 
-    classes: tuple[str, ...]
-    output_dir: str
-    backbone: str = DEFAULT_BACKBONE
-    alpha: float | None = None
-    model: str | None = None
+    classes: tuple[int | str, ...] = setting(
+        kind=Many(Either((Int(min=0), Text()))), flag=None,
+        help="class index or name (e.g. 281, tabby, 'tabby cat', zebra); repeat for several. "
+        "An unknown name is an error that lists close matches.",
+    )
+    output_dir: str = setting(
+        kind=Path(), group=_OUTPUT, metavar="DIR",
+        help="folder for the images, figures, result.json and TensorBoard logs (created if needed).",
+    )
     visualization: vis.VisualizationConfig = dataclasses.field(
         default_factory=lambda: vis.VisualizationConfig(seed=0)
     )
-    image_every: int = 50
-    progress: bool = True
-    command: str | None = None
+    image_every: int = setting(
+        50, kind=Int(min=1), group=_OUTPUT, help="write the images to TensorBoard every this many steps."
+    )
+    progress: bool = setting(True, kind=Flag(), group=_OUTPUT, help="show a progress bar.")
+    command: str | None = setting(
+        None, kind=Optional(Text()), flag=None, fingerprint=False,
+        help="the command line that ran this, recorded in result.json.",
+    )
 
     def __post_init__(self):
-        if not self.classes:
-            raise ValueError(f"Expected at least one class. Received: classes={self.classes!r}")
-        if self.model is not None and self.alpha is not None:
-            raise ValueError(
-                f"alpha applies to --backbone models, not to a saved --model. Received: alpha={self.alpha!r}, "
-                f"model={self.model!r}"
-            )
-
-
-def _file_stem(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in name.strip().replace(" ", "_"))
-    return f"ideal_{cleaned or 'class'}"
+        settings_lib.validate(self)
+        self.check_source()
+        if not isinstance(self.visualization, vis.VisualizationConfig):
+            raise TypeError(f"Expected a VisualizationConfig. Received: visualization={self.visualization!r}")
 
 
 def run(config: IdealClassConfig) -> dict:
     """Visualizes the classes and writes the files listed in the module docstring.
 
+    The output folder is checked (writable, not in use by another run) and
+    the model and classes are resolved before anything is optimized.
+
     Returns:
         The content of `result.json`.
     """
-    model, names, model_description = load_classifier(config.model, config.backbone, config.alpha)
-    vis.resolve_targets(list(config.classes), names)  # fail on a bad class before creating anything
-    os.makedirs(config.output_dir, exist_ok=True)
-    log_dir = os.path.join(config.output_dir, "logs")
-    start = time.perf_counter()
-    result = vis.visualize_classes(
-        model,
-        list(config.classes),
-        config=config.visualization,
-        class_names=names,
-        log_dir=log_dir,
-        image_every=config.image_every,
-        progress=config.progress,
-    )
-    seconds = time.perf_counter() - start
+    with run_folder.folder_lock(config.output_dir, command=config.command or PROG):
+        model, names, model_description = load_classifier(config.model, config.backbone, config.alpha)
+        vis.resolve_targets(list(config.classes), names)  # fail on a bad class before optimizing anything
+        start = time.perf_counter()
+        result = vis.visualize_classes(
+            model,
+            list(config.classes),
+            config=config.visualization,
+            class_names=names,
+            log_dir=os.path.join(config.output_dir, "logs"),
+            image_every=config.image_every,
+            progress=config.progress,
+        )
+        seconds = time.perf_counter() - start
+        paths = _save_images(config.output_dir, result)
+        # Measure what was written, not what is in memory: the PNGs read back.
+        saved = np.stack([files.read_png(p) for p in paths])
+        per_class = _measure(model, names, result, paths, saved)
+        _save_figures(config.output_dir, result, saved, per_class)
+        summary = {
+            "command": config.command,
+            "model": model_description,
+            "classes": per_class,
+            "config": dataclasses.asdict(result.config),
+            "effective": {
+                "learning_rate": result.config.effective_learning_rate,
+                "tv_weight": result.config.effective_tv_weight,
+            },
+            "seconds_total": seconds,
+            "steps_per_second": result.steps_per_second,
+            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        }
+        files.write_json(os.path.join(config.output_dir, "result.json"), summary)
+    return files.jsonable(summary)
 
-    paths: list[str] = []
-    for image, name in zip(result.uint8_images, result.class_names):
-        stem = _file_stem(name)
-        path = os.path.join(config.output_dir, f"{stem}.png")
-        suffix = 2
-        while path in paths:
-            path = os.path.join(config.output_dir, f"{stem}_{suffix}.png")
-            suffix += 1
-        Image.fromarray(image).save(path)
-        paths.append(path)
 
-    # Measure what was written, not what is in memory: the PNGs read back.
-    saved = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+def _save_images(output_dir: str, result: vis.VisualizationResult) -> list[str]:
+    """Writes `ideal_<class>.png` per image (names made safe and unique); returns the paths."""
+    stems = naming.unique_stems([f"ideal_{name}" for name in result.class_names])
+    paths = [os.path.join(output_dir, f"{stem}.png") for stem in stems]
+    for image, path in zip(result.uint8_images, paths):
+        files.write_png(path, image)
+    return paths
+
+
+def _measure(model, names: Sequence[str], result: vis.VisualizationResult, paths, saved: np.ndarray) -> list[dict]:
+    """Per class: the probabilities and total variation of the saved image, and the final loss terms."""
     probabilities = vis.class_probabilities(model, saved)
     saved_tv = vis.total_variation(saved.astype(np.float32) / 255.0).numpy()
-
     per_class = []
     for i, (target, name, path) in enumerate(zip(result.targets, result.class_names, paths)):
         top5 = np.argsort(-probabilities[i])[:5]
@@ -143,204 +166,51 @@ def run(config: IdealClassConfig) -> dict:
                 "final": {k: float(v[-1, i]) for k, v in result.history.items()},
             }
         )
+    return per_class
 
+
+def _save_figures(output_dir: str, result: vis.VisualizationResult, saved: np.ndarray, per_class) -> None:
     titles = [f"{c['class_name']} ({c['class_index']})\np={c['probability']:.3f}" for c in per_class]
-    figure = plot_class_images(saved, titles=titles)
-    figure.savefig(os.path.join(config.output_dir, "ideal_classes.png"), dpi=100)
-    history_figure = plot_visualization_history(result.history, labels=result.class_names)
-    history_figure.savefig(os.path.join(config.output_dir, "history.png"), dpi=100)
-
-    summary = {
-        "command": config.command,
-        "model": model_description,
-        "classes": per_class,
-        "config": dataclasses.asdict(result.config),
-        "effective": {
-            "learning_rate": result.config.effective_learning_rate,
-            "tv_weight": result.config.effective_tv_weight,
-        },
-        "seconds_total": seconds,
-        "steps_per_second": result.steps_per_second,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-    }
-    with open(os.path.join(config.output_dir, "result.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-    return summary
+    files.save_figure(plot_class_images(saved, titles=titles), os.path.join(output_dir, "ideal_classes.png"))
+    history = plot_visualization_history(result.history, labels=result.class_names)
+    files.save_figure(history, os.path.join(output_dir, "history.png"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    defaults = vis.VisualizationConfig()
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_transfer.experiments.ideal_class",
+def build_parser() -> _cli.Parser:
+    parser = _cli.Parser(
+        prog=PROG,
         description=(
             "Optimize an 'ideal' image of each class for a classifier: gradient ascent on the input with "
             "a total-variation penalty and random jitter, zoom and rotation. Writes ideal_<class>.png per "
             "class, ideal_classes.png (all of them), history.png, result.json and TensorBoard logs."
         ),
     )
-    add_arguments(parser, verb="visualized")
-    parser.add_argument(
-        "--class",
-        dest="classes",
-        action="append",
-        required=True,
-        metavar="CLASS",
-        help="class index or name (e.g. 281, tabby, 'tabby cat', zebra); repeat for several. "
-        "An unknown name is an error that lists close matches.",
-    )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=defaults.steps,
-        help="gradient steps in total (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--learning-rate",
-        type=float,
-        default=None,
-        help="Adam learning rate (default: %s)."
-        % ", ".join(f"{v} for {k}" for k, v in vis.DEFAULT_LEARNING_RATES.items()),
-    )
-    parser.add_argument(
-        "--objective",
-        choices=vis.OBJECTIVES,
-        default=defaults.objective,
-        help="score maximized for the target class: the logit, the log-probability, or the logit plus "
-        "--log-prob-weight times the log-probability (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--log-prob-weight",
-        type=float,
-        default=defaults.log_prob_weight,
-        help="weight of the log-probability in the logit+log_prob objective (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--tv-weight",
-        type=float,
-        default=None,
-        help="weight of the total variation (mean absolute neighbour difference on a [0, 1] scale) "
-        "(default: %s)." % ", ".join(f"{v:g} for {k}" for k, v in vis.DEFAULT_TV_WEIGHTS.items()),
-    )
-    parser.add_argument(
-        "--l1-weight",
-        type=float,
-        default=defaults.l1_weight,
-        help="weight of mean |pixel - grey| on a [0, 1] scale (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--l2-weight",
-        type=float,
-        default=defaults.l2_weight,
-        help="weight of mean (pixel - grey)^2 on a [0, 1] scale (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--parameterization",
-        choices=vis.PARAMETERIZATIONS,
-        default=defaults.parameterization,
-        help="optimize raw pixels, or a 1/f-scaled Fourier spectrum with decorrelated colour "
-        "(default: %(default)s).",
-    )
-    parser.add_argument(
-        "--jitter",
-        type=int,
-        default=defaults.jitter,
-        help="maximum random shift in pixels (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--scale",
-        type=float,
-        default=defaults.scale,
-        help="maximum random zoom in or out, 0.1 = 0.9 to 1.1 (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--rotation",
-        type=float,
-        default=defaults.rotation,
-        help="maximum random rotation in degrees (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--octaves",
-        type=int,
-        default=defaults.octaves,
-        help="number of coarse-to-fine sizes, 1 = a single size (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="side of the optimized image (default: the model's input size); the model sees it resampled "
-        "to its input size.",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the start image and the random transforms (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--jit-compile", action="store_true", help="compile the step with XLA (often slower on CPU)."
-    )
-    parser.add_argument(
-        "--image-every",
-        type=int,
-        default=50,
-        help="write the images to TensorBoard every this many steps (default: %(default)s).",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar.")
-    parser.add_argument("--output-dir", required=True, help="folder for the results (created if needed).")
+    groups: dict = {}
+    _cli.add_repeated_flag(parser, IdealClassConfig, "classes", "--class", metavar="CLASS", required=True)
+    _cli.add_flags(parser, IdealClassConfig, required=("output_dir",), groups=groups)
+    _cli.add_flags(parser, vis.VisualizationConfig, defaults={"seed": 0}, groups=groups)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> IdealClassConfig:
-    visualization = vis.VisualizationConfig(
-        steps=args.steps,
-        learning_rate=args.learning_rate,
-        objective=args.objective,
-        log_prob_weight=args.log_prob_weight,
-        parameterization=args.parameterization,
-        tv_weight=args.tv_weight,
-        l1_weight=args.l1_weight,
-        l2_weight=args.l2_weight,
-        jitter=args.jitter,
-        scale=args.scale,
-        rotation=args.rotation,
-        octaves=args.octaves,
-        image_size=args.image_size,
-        jit_compile=args.jit_compile,
-        seed=args.seed,
-    )
-    return IdealClassConfig(
-        classes=tuple(args.classes),
-        output_dir=args.output_dir,
-        backbone=args.backbone,
-        alpha=args.alpha,
-        model=args.model,
-        visualization=visualization,
-        image_every=args.image_every,
-        progress=not args.no_progress,
-    )
+def config_from_args(args, *, command: str | None = None) -> IdealClassConfig:
+    visualization = _cli.from_args(vis.VisualizationConfig, args)
+    return _cli.from_args(IdealClassConfig, args, visualization=visualization, command=command)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        config = config_from_args(args)
-        command = " ".join([parser.prog, *map(shlex.quote, argv)])
-        config = dataclasses.replace(config, command=command)
-        summary = run(config)
-    except (ValueError, FileNotFoundError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    except vis.NonFiniteLossError as error:
-        parser.exit(1, f"{parser.prog}: error: {error}\n")
+def _report(summary: dict, config: IdealClassConfig, seconds: float) -> None:
     for item in summary["classes"]:
         print(
             f"{item['file']}: {item['class_name']} ({item['class_index']}) p={item['probability']:.4f} "
             f"top-1={item['predicted_name']} tv={item['total_variation']:.4f}"
         )
-    print(f"{summary['steps_per_second']:.1f} steps/s; results in {os.path.abspath(config.output_dir)}")
-    return 0
+    rate = summary["steps_per_second"]
+    speed = f"{rate:.1f} steps/s" if rate is not None else "speed not measured (no step after the compiling one)"
+    print(f"{speed}; results in {os.path.abspath(config.output_dir)} ({seconds:.0f} s)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command; returns the exit status (2 for any bad input, with one line on stderr)."""
+    return run_command(build_parser(), argv, make_config=config_from_args, run=run, report=_report)
 
 
 if __name__ == "__main__":

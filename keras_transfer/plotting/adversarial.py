@@ -1,7 +1,9 @@
 """Figures of adversarial examples and of robust accuracy.
 
 Every function returns a `matplotlib.figure.Figure` built without pyplot (no
-global state, no display needed); save it with `fig.savefig(path)`.
+global state, no display needed); save it with
+`keras_transfer.files.save_figure(fig, path)` (atomic: a kill never leaves
+half a PNG).
 """
 
 from __future__ import annotations

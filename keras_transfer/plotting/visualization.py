@@ -1,4 +1,7 @@
-"""Figures of class visualizations: a grid of images and the optimization history."""
+"""Figures of class visualizations: a grid of images and the optimization history.
+
+Save them with `keras_transfer.files.save_figure(fig, path)` (atomic).
+"""
 
 from __future__ import annotations
 
