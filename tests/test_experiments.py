@@ -107,6 +107,7 @@ def test_bad_flags_exit_with_a_usage_error(capsys):
     assert parser.prog.endswith("folder")
 
 
+@pytest.mark.slow
 def test_folder_cli_writes_every_promised_file(image_folder, tmp_path, capsys):
     out = tmp_path / "run"
     argv = [

@@ -180,6 +180,7 @@ def test_grid_images_are_spread_over_the_split():
     np.testing.assert_array_equal(training.images_at(ds, [7, 2]), images[[7, 2]])
 
 
+@pytest.mark.slow
 def test_two_phase_run_learns_logs_and_saves(backbone_weights, tmp_path):
     out = tmp_path / "run"
     config = tiny_config(backbone_weights, tensorboard_images_every=1, fine_tune_at=-12)
@@ -256,6 +257,7 @@ def test_two_phase_run_learns_logs_and_saves(backbone_weights, tmp_path):
     assert "_hparams_/experiment" in root_events
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_its_last_epoch(backbone_weights, tmp_path):
     out = tmp_path / "run"
     config = tiny_config(backbone_weights, epochs=3, fine_tune_epochs=3)
@@ -332,6 +334,7 @@ def test_diverging_loss_stops_with_a_clear_error(backbone_weights):
         training.train(image_data(n_train=24, n_val=12), config)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(backbone_weights, tmp_path):
     # Logical devices must exist before TensorFlow initializes: a new process.
     script = textwrap.dedent(
@@ -371,6 +374,7 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+@pytest.mark.slow
 def test_same_command_on_two_workers_trains_the_model_of_one_process(backbone_weights, tmp_path):
     # Two processes on this machine stand for two machines: the same command,
     # each with its own TF_CONFIG task. With one batch per epoch, split evenly,
