@@ -37,6 +37,7 @@ from keras_transfer import phases
 from keras_transfer import probe as probe_lib
 from keras_transfer.errors import ResumeMismatchError
 from keras_transfer.evaluation import Evaluation
+from keras_transfer.files import jsonable
 from keras_transfer.layers import build_augmentation
 from keras_transfer.run_folder import NoRunFolder, RunFolder, folder_lock
 from keras_transfer.settings import Choice, Either, Flag, Int, Optional, Path, Real, Text, setting
@@ -317,8 +318,6 @@ def _fingerprint(config: TrainConfig, data: data_lib.ImageData) -> dict[str, Any
         "source": data.report.source,
         "used": dict(data.report.used),
     }
-    from keras_transfer.files import jsonable
-
     return jsonable({"train": config.fingerprint(), "data": data_info})
 
 
@@ -773,7 +772,5 @@ def _train_in(run: RunFolder, data, config: TrainConfig, strategy, callbacks, ru
     fine_tune_start = head_epochs if config.fine_tune_epochs > 0 else None
     metrics = _metrics(ctx, evaluations, history, fine_tune_start)
     _finish(ctx, model, metrics)
-    from keras_transfer.files import jsonable
-
     return TrainResult(model=model, class_names=ctx.class_names, history=history, fine_tune_start=fine_tune_start,
                        metrics=jsonable(metrics), evaluation=evaluations.get("val"), output_dir=run.root)

@@ -189,7 +189,6 @@ def check_before_data(config: ExperimentConfig) -> None:
     corrupt weights file is reported now) and checks the layer names of
     `--fine-tune-at` and `--feature-map-layer` on it.
     """
-    backbones_lib.check_image_size(backbones_lib.get_backbone_spec(config.train.backbone), config.image_size)
     training.check_config(config.train, image_size=config.image_size)
     if config.run.feature_map_layer is not None:
         models_lib.check_layer_name(config.train.backbone, config.run.feature_map_layer, alpha=config.train.alpha,
