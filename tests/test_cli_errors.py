@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import requires_shared
 from keras_transfer import _downloads
 from keras_transfer.experiments import adversarial, cats_vs_dogs, folder, ideal_class, pets
 
@@ -102,15 +103,22 @@ def analysis_cases(name, p):
         ([*target, *out, "--backbone", "resnet_9000"], "resnet_9000"),
     ]
     if name == "ideal_class":
-        cases += [(["--class", "5000", *out], "5000"), (["--class", "tabby", *out, "--steps", "0"], "--steps 0")]
+        cases += [(["--class", "tabby", *out, "--steps", "0"], "--steps 0")]
     else:
-        cases += [
-            (["--images", p["missing"], "--target-class", "tabby", *out], p["missing"]),
-            (["--images", p["empty"], "--target-class", "tabby", *out], p["empty"]),
-            (["--images", p["images"], "--target-class", "5000", *out], "5000"),
-            ([*target, *out, "--eps", "1e6"], "1e6"),
-        ]
+        cases += [([*target, *out, "--eps", "1e6"], "1e6")]
     return cases
+
+
+def analysis_cases_after_the_model(name, p):
+    """Inputs checked against the loaded model (its classes), so they need its ImageNet weights."""
+    out = ["--output-dir", p["out"]]
+    if name == "ideal_class":
+        return [(["--class", "5000", *out], "5000")]
+    return [
+        (["--images", p["missing"], "--target-class", "tabby", *out], p["missing"]),
+        (["--images", p["empty"], "--target-class", "tabby", *out], p["empty"]),
+        (["--images", p["images"], "--target-class", "5000", *out], "5000"),
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(TRAINING))
@@ -124,6 +132,14 @@ def test_training_commands_report_bad_input_in_one_line(name, places, capsys):
 @pytest.mark.parametrize("name", sorted(ANALYSIS))
 def test_analysis_commands_report_bad_input_in_one_line(name, places, capsys):
     for argv, needle in analysis_cases(name, places):
+        assert_one_line_error(ANALYSIS[name], argv, needle, capsys)
+
+
+@pytest.mark.real
+@requires_shared
+@pytest.mark.parametrize("name", sorted(ANALYSIS))
+def test_analysis_commands_report_bad_classes_and_images_in_one_line(name, places, capsys):
+    for argv, needle in analysis_cases_after_the_model(name, places):
         assert_one_line_error(ANALYSIS[name], argv, needle, capsys)
 
 
