@@ -447,7 +447,7 @@ def predict_logits(model: keras.Model, images, *, batch_size: int = 32) -> np.nd
     Returns:
         float32 array `(batch, num_classes)`.
     """
-    batch_size = _checked(_BATCH_SIZE, "batch_size", batch_size)
+    batch_size = _BATCH_SIZE.check("batch_size", batch_size)
     forward = _forward_fn(model)
     images = np.asarray(images)
     outputs = [
@@ -610,15 +610,6 @@ _EARLY_STOP_HELP = "stop each image as soon as it meets the criterion; False run
 _SEED = Optional(Int(min=0))
 
 
-def _checked(kind: settings.Kind, name: str, value):
-    """`value` (a numpy integer as an int) when `kind` accepts it; else the kind's `ValueError`."""
-    if isinstance(value, np.integer):
-        value = int(value)
-    if not kind.accepts(value):
-        raise kind.error(name, value)
-    return value
-
-
 def _as_images(images, model: keras.Model, *, quantize: bool) -> np.ndarray:
     array = np.asarray(images)
     if array.ndim != 4 or array.shape[-1] != 3:
@@ -726,8 +717,8 @@ class _GradientAttack(abc.ABC):
         Returns:
             An `AttackResult`.
         """
-        batch_size = _checked(_BATCH_SIZE, "batch_size", batch_size)
-        seed = _checked(_SEED, "seed", seed)
+        batch_size = _BATCH_SIZE.check("batch_size", batch_size)
+        seed = _SEED.check("seed", seed)
         plan = self._plan()
         start = time.perf_counter()
         x0 = _as_images(images, model, quantize=plan.quantize)
@@ -1338,7 +1329,7 @@ def robust_accuracy(
         verbose: 1 prints one line per budget. Defaults to `0`.
     """
     start = time.perf_counter()
-    epsilons = _checked(_EPSILONS, "epsilons", tuple(float(e) for e in epsilons))
+    epsilons = _EPSILONS.check("epsilons", tuple(float(e) for e in epsilons))
     attack = attack if attack is not None else PGD(norm="inf", eps=1.0, steps=10)
     if not isinstance(attack, (PGD, FGSM)):
         raise TypeError(f"Expected a PGD, BIM or FGSM attack. Received: attack={attack!r}")

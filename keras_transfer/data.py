@@ -115,33 +115,21 @@ class _DataDirNotADirectoryError(NotADirectoryError, ValueError):
     """`data_dir` is a file (a `ValueError` too, as it was before)."""
 
 
-def _checked(name: str, value, kind: settings.Kind):
-    """`value` (a NumPy scalar as its Python value) when `kind` accepts it.
-
-    Raises:
-        ValueError: naming `name`, the value and what `kind` accepts.
-    """
-    plain = value.item() if isinstance(value, np.generic) else value
-    if not kind.accepts(plain):
-        raise kind.error(name, value)
-    return kind.normalize(plain)
-
-
 def _check_resize_args(image_size, resize) -> None:
-    _checked("image_size", image_size, _IMAGE_SIZE)
-    _checked("resize", resize, _RESIZE)
+    _IMAGE_SIZE.check("image_size", image_size)
+    _RESIZE.check("resize", resize)
 
 
 def _check_split_args(val_split, seed) -> None:
-    _checked("val_split", val_split, _VAL_SPLIT)
-    _checked("seed", seed, _SEED)
+    _VAL_SPLIT.check("val_split", val_split)
+    _SEED.check("seed", seed)
 
 
 def _cache_setting(cache) -> bool | str:
     """`True` (in memory), `False` (no cache) or the path prefix of a file cache."""
     if isinstance(cache, str) and cache in _CACHE_WORDS:
         return _CACHE_WORDS[cache]
-    return _checked("cache", cache, _CACHE)
+    return _CACHE.check("cache", cache)
 
 
 def _check_loader_args(image_size, resize, val_split, cache, seed) -> bool | str:
@@ -1162,7 +1150,7 @@ def load_oxford_pets(
         An `ImageData`.
     """
     cache = _check_loader_args(image_size, resize, val_split, cache, seed)
-    _checked("target", target, _TARGET)
+    _TARGET.check("target", target)
     if data_dir is None:
         if target != "breed":
             raise ValueError(
@@ -1258,7 +1246,7 @@ def batch_dataset(
     Returns:
         The batched dataset.
     """
-    _checked("batch_size", batch_size, _BATCH_SIZE)
+    _BATCH_SIZE.check("batch_size", batch_size)
     if shuffle:
         size = int(ds.cardinality())
         buffer = min(size, _SHUFFLE_BUFFER_CAP) if size > 0 else 1000

@@ -2,7 +2,8 @@
 
 `evaluate(model, batches, labels, class_names)` runs the model once and
 returns an `Evaluation` holding the logits and labels; accuracy, loss, the
-confusion matrix, per-class accuracy and probabilities are derived from them.
+confusion matrix, per-class and top-k accuracy, probabilities and their
+calibration (reliability bins, ECE) are derived from them.
 The end-of-run plots, `metrics.json` and the per-epoch TensorBoard images
 all draw from such an object: nothing runs the model a second time to
 recompute what an evaluation already holds.
@@ -17,6 +18,11 @@ from functools import cached_property
 import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_transfer import calibration
+from keras_transfer.settings import Int
+
+TOP_K = Int(min=1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -72,8 +78,29 @@ class Evaluation:
     def per_class_accuracy(self) -> dict[str, float | None]:
         return per_class_accuracy(self.confusion, self.class_names)
 
-    def summary(self) -> dict[str, float]:
-        return {"loss": self.loss, "accuracy": self.accuracy}
+    def top_k_accuracy(self, k: int) -> float:
+        """Share of images whose true class is among the `k` highest logits."""
+        k = TOP_K.check("k", k)
+        if not len(self.labels):
+            return float("nan")
+        top = np.argsort(-self.logits, axis=-1, kind="stable")[:, :k]
+        return float(np.mean(np.any(top == self.labels[:, None], axis=-1)))
+
+    @cached_property
+    def reliability(self) -> calibration.Reliability:
+        """Confidence against accuracy per bin (`calibration.reliability`, 15 bins)."""
+        return calibration.reliability(self.probabilities, self.labels)
+
+    def with_temperature(self, temperature: float) -> "Evaluation":
+        """The evaluation of the same model with its logits divided by `temperature`."""
+        return dataclasses.replace(self, logits=(self.logits / np.float32(temperature)).astype(np.float32))
+
+    def summary(self, *, top_k: int | None = None) -> dict[str, float]:
+        """Loss, accuracy, expected calibration error and, with `top_k` below the class count, top-k accuracy."""
+        out = {"loss": self.loss, "accuracy": self.accuracy, "ece": self.reliability.ece}
+        if top_k is not None and top_k < len(self.class_names):
+            out[f"top{top_k}_accuracy"] = self.top_k_accuracy(top_k)
+        return out
 
 
 def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:

@@ -32,6 +32,7 @@ class FitOptions:
     verbose: int = 1
     early_stopping_patience: int | None = None
     tensorboard_dir: str | None = None
+    top_k: int | None = None  # also log top-k accuracy where there are more than k classes
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -61,12 +62,17 @@ class PhasePlan:
         return self.first_epoch + self.epochs
 
 
-def compile_classifier(model: keras.Model, *, learning_rate: float, jit_compile: bool = False) -> None:
-    """Adam, sparse cross-entropy on logits, accuracy."""
+def compile_classifier(
+    model: keras.Model, *, learning_rate: float, jit_compile: bool = False, top_k: int | None = None
+) -> None:
+    """Adam, sparse cross-entropy on logits, accuracy, and top-k accuracy where there are more than k classes."""
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if top_k is not None and top_k < int(model.outputs[0].shape[-1]):
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=top_k, name=f"top{top_k}_accuracy"))
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        metrics=metrics,
         jit_compile=jit_compile,
     )
 
@@ -127,7 +133,8 @@ def run_phase(
         FloatingPointError: the loss became NaN or infinite.
     """
     run = run or NoRunFolder()
-    compile_classifier(plan.model, learning_rate=plan.learning_rate, jit_compile=options.jit_compile)
+    compile_classifier(plan.model, learning_rate=plan.learning_rate, jit_compile=options.jit_compile,
+                       top_k=options.top_k)
     records, backup = run.load_history(plan.name)
     start = plan.first_epoch
     if backup is not None:

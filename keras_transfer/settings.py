@@ -67,6 +67,17 @@ class Kind:
     def error(self, name: str, value) -> ValueError:
         return ValueError(f"Expected {name} to be {self.valid()}. Received: {name}={value!r}")
 
+    def check(self, name: str, value):
+        """`value` in its stored form (a NumPy scalar as its Python value) when accepted.
+
+        Raises:
+            ValueError: naming `name`, the value and what this kind accepts.
+        """
+        plain = value.item() if isinstance(value, np.generic) else value
+        if not self.accepts(plain):
+            raise self.error(name, value)
+        return self.normalize(plain)
+
 
 @dataclasses.dataclass(frozen=True)
 class Int(Kind):

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from keras_transfer import _multi_worker
 from keras_transfer import backbones as backbones_lib
+from keras_transfer import calibration as calibration_lib
 from keras_transfer import data as data_lib
 from keras_transfer import engine
 from keras_transfer import evaluation as eval_lib
@@ -123,6 +124,10 @@ class TrainConfig:
                                                   flag="--early-stopping", metavar="PATIENCE",
                                                   help="stop a phase after PATIENCE epochs without a lower "
                                                        "validation loss, keeping the best weights (default: off)")
+    calibrate: bool = setting(False, kind=Flag(), group="model",
+                              help="after training, fit a temperature T on the validation split and divide the "
+                                   "logits layer's kernel and bias by it, so the saved model's softmax is "
+                                   "calibrated (Guo et al. 2017; the predicted classes do not change)")
     mixed_precision: str = setting("off", kind=Choice(engine.MIXED_PRECISION_CHOICES), group="engine",
                                    help="auto: mixed_float16 on GPU, mixed_bfloat16 on CPU; logits stay float32")
     seed: int = setting(0, kind=Int(), group="training",
@@ -141,6 +146,9 @@ class TrainConfig:
                                             metavar="N",
                                             help="TensorBoard confusion matrix and prediction grid every N "
                                                  "epochs (0: never)")
+    top_k: int = setting(3, kind=Int(min=1), fingerprint=False, group="output", metavar="K",
+                         help="also report top-K accuracy (per epoch and at the end) when there are more than "
+                              "K classes")
     verbose: int = setting(1, kind=Int(min=0, max=2), fingerprint=False, group="output",
                            help="0: quiet, 1: progress bar, 2: one line per epoch")
 
@@ -437,6 +445,7 @@ def _fit_options(ctx: _Context) -> phases.FitOptions:
         verbose=ctx.config.verbose,
         early_stopping_patience=ctx.config.early_stopping_patience,
         tensorboard_dir=ctx.run.tensorboard,
+        top_k=ctx.config.top_k,
     )
 
 
@@ -617,7 +626,8 @@ def _final_evaluations(ctx: _Context, model: keras.Model, splits: _Splits) -> di
     evaluations = {name: _evaluate_split(ctx, model, splits, name) for name in splits.ordered}
     ctx.state.setdefault("timings", {})["final_evaluation_s"] = time.perf_counter() - t0
     if ctx.config.fine_tune_epochs > 0:
-        ctx.phase("fine_tune")["final"] = {n: e.summary() for n, e in evaluations.items() if n in ("train", "val")}
+        ctx.phase("fine_tune")["final"] = {n: e.summary(top_k=ctx.config.top_k) for n, e in evaluations.items()
+                                           if n in ("train", "val")}
     return evaluations
 
 
@@ -630,7 +640,33 @@ def _history(ctx: _Context) -> dict[str, dict[str, list[float]]]:
     return history
 
 
-def _metrics(ctx: _Context, evaluations: Mapping[str, Evaluation], history, fine_tune_start) -> dict[str, Any]:
+def _calibrate(ctx: _Context, model: keras.Model, evaluations: dict[str, Evaluation]):
+    """With `calibrate`, folds a temperature fitted on validation into the model.
+
+    The evaluations of the calibrated model are derived from the ones made
+    (logits / T), not recomputed.
+
+    Returns:
+        `(evaluations of the model as saved, the "calibration" of metrics.json)`.
+    """
+    info: dict[str, Any] = {"bins": calibration_lib.DEFAULT_BINS, "temperature": None, "fitted_on": None}
+    if ctx.config.calibrate:
+        val = evaluations["val"]
+        temperature = calibration_lib.fit_temperature(val.logits, val.labels)
+        calibration_lib.apply_temperature(model, temperature)
+        info.update(temperature=temperature, fitted_on="val",
+                    before={n: {"ece": e.reliability.ece, "loss": e.loss} for n, e in evaluations.items()},
+                    val_reliability_before=val.reliability.to_dict())
+        evaluations = {n: e.with_temperature(temperature) for n, e in evaluations.items()}
+        ctx.say(f"Calibrated: temperature {temperature:.3f}; validation ECE {val.reliability.ece:.4f} -> "
+                f"{evaluations['val'].reliability.ece:.4f} (fitted on these images)")
+    if "val" in evaluations:
+        info["val_reliability"] = evaluations["val"].reliability.to_dict()
+    return evaluations, info
+
+
+def _metrics(ctx: _Context, evaluations: Mapping[str, Evaluation], history, fine_tune_start,
+             calibration_info: Mapping[str, Any]) -> dict[str, Any]:
     phases_out = {}
     for phase in PHASES:
         info = {k: v for k, v in ctx.phase(phase).items() if k != "complete"}
@@ -643,7 +679,8 @@ def _metrics(ctx: _Context, evaluations: Mapping[str, Evaluation], history, fine
         "class_names": list(ctx.class_names),
         "phases": phases_out,
         "fine_tune_start_epoch": fine_tune_start,
-        "final": {name: e.summary() for name, e in evaluations.items()},
+        "final": {name: e.summary(top_k=ctx.config.top_k) for name, e in evaluations.items()},
+        "calibration": calibration_info,
         "linear_probe": ctx.phase("head").get("linear_probe"),
         "per_class_val_accuracy": val.per_class_accuracy if val is not None else None,
         "val_confusion_matrix": val.confusion.tolist() if val is not None else None,
@@ -745,6 +782,11 @@ def train(
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         _multi_worker.install()  # Keras 3's fit fails there without it (keras-team/keras#20585)
     data = _checked_data(data)
+    if config.calibrate and data.val is None:
+        raise ValueError(
+            "Expected a validation split to fit the temperature on (calibrate=True). Received: data with no "
+            "validation images; keep some (e.g. --val-split 0.2) or leave calibration off."
+        )
     if output_dir is None:
         return _train_in(NoRunFolder(), data, config, strategy, callbacks, run_info)
     run = RunFolder(engine.worker_dir(os.fspath(output_dir), strategy))
@@ -768,9 +810,10 @@ def _train_in(run: RunFolder, data, config: TrainConfig, strategy, callbacks, ru
         head_epochs = _head_phase(ctx, model, splits)
         _fine_tune_phase(ctx, model, splits, head_epochs)
         evaluations = _final_evaluations(ctx, model, splits)
+        evaluations, calibration_info = _calibrate(ctx, model, evaluations)
     history = _history(ctx)
     fine_tune_start = head_epochs if config.fine_tune_epochs > 0 else None
-    metrics = _metrics(ctx, evaluations, history, fine_tune_start)
+    metrics = _metrics(ctx, evaluations, history, fine_tune_start, calibration_info)
     _finish(ctx, model, metrics)
     return TrainResult(model=model, class_names=ctx.class_names, history=history, fine_tune_start=fine_tune_start,
                        metrics=jsonable(metrics), evaluation=evaluations.get("val"), output_dir=run.root)

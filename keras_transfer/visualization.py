@@ -620,8 +620,7 @@ def visualize_classes(
     config = config or VisualizationConfig()
     if not isinstance(config, VisualizationConfig):
         raise TypeError(f"Expected a VisualizationConfig. Received: config={config!r}")
-    if not _IMAGE_EVERY.accepts(image_every):
-        raise _IMAGE_EVERY.error("image_every", image_every)
+    _IMAGE_EVERY.check("image_every", image_every)
     logits_model, model_size = _as_classifier(model)
     num_classes = int(logits_model.outputs[0].shape[-1])
     if class_names is None:

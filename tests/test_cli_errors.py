@@ -88,6 +88,8 @@ def training_cases(p):
         (["--data-dir", p["images"], *TINY, *out, "--learning-rate", "-1"], "--learning-rate -1"),
         (["--data-dir", p["images"], *TINY, *out, "--fine-tune-epochs", "1", "--fine-tune-at", "no_layer"],
          "no_layer"),
+        (["--data-dir", p["images"], *TINY, *out, "--calibrate", "--val-split", "0"], "val_split=0"),
+        (["--data-dir", p["images"], *TINY, *out, "--top-k", "0"], "--top-k 0"),
     ]
 
 

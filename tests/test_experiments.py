@@ -137,7 +137,7 @@ def test_folder_cli_writes_every_promised_file(image_folder, tmp_path, capsys):
         info = metrics["phases"][phase]
         assert info["history"]["epoch"] == epochs
         for split in ("train", "val"):
-            assert set(info["final"][split]) == {"loss", "accuracy"}
+            assert set(info["final"][split]) == {"loss", "accuracy", "ece"}
     assert set(metrics["per_class_val_accuracy"]) == {"blue", "green", "red"}
     assert metrics["wall_time_s"] > 0
     assert metrics["config"]["dataset"] == "folder"

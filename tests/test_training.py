@@ -10,6 +10,7 @@ keep its features at unit scale. Nothing here needs the real weights.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -530,3 +531,33 @@ def test_cached_head_also_trains_on_mirrored_images_when_augmenting(backbone_wei
     # The reference probe stays on the plain images; the head still learns.
     assert head["linear_probe"]["train_accuracy"] >= 0.9
     assert result.metrics["final"]["val"]["accuracy"] >= 0.9
+
+
+def test_calibrated_run_reports_top_k_and_saves_the_calibrated_softmax(backbone_weights, tmp_path):
+    """--calibrate folds T into the saved model; top-k accuracy is logged per epoch and at the end."""
+    out = tmp_path / "run"
+    config = tiny_config(backbone_weights, epochs=3, fine_tune_epochs=0, calibrate=True, top_k=2)
+    result = training.train(image_data(), config, output_dir=out)
+    head = result.history["head"]
+    assert len(head["top2_accuracy"]) == 3 and len(head["val_top2_accuracy"]) == 3
+    assert head["val_top2_accuracy"][-1] >= head["val_accuracy"][-1]
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    info = metrics["calibration"]
+    assert info["fitted_on"] == "val" and info["temperature"] > 0
+    assert sum(info["val_reliability"]["counts"]) == 30
+    final = metrics["final"]["val"]
+    assert set(final) == {"loss", "accuracy", "ece", "top2_accuracy"}
+    assert final["ece"] == pytest.approx(info["val_reliability"]["ece"])
+    # T minimizes the validation loss, so the calibrated loss is no higher.
+    assert final["loss"] <= info["before"]["val"]["loss"] + 1e-6
+
+    # The saved model's own logits are the calibrated ones.
+    x_val, y_val = synthetic_images(30, seed=2)
+    logits = kt.load_model(out / "model.keras").predict(x_val, verbose=0)
+    loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(y_val, logits, from_logits=True)))
+    assert loss == pytest.approx(final["loss"], rel=1e-4)
+    np.testing.assert_allclose(logits, result.evaluation.logits, rtol=1e-4, atol=1e-5)
+
+    with pytest.raises(ValueError, match="validation split to fit the temperature"):
+        training.train(dataclasses.replace(image_data(), val=None), config)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from keras_transfer import backbones as backbones_lib
@@ -31,6 +31,7 @@ from keras_transfer.settings import Choice, Flag, Int, Optional, Path, Real, Tex
 PLOT_FILES = {
     "curves": "training_curves.png",
     "confusion": "confusion_matrix.png",
+    "reliability": "reliability.png",
     "predictions": "predictions.png",
     "feature_maps": "feature_maps.png",
 }
@@ -190,6 +191,9 @@ def check_before_data(config: ExperimentConfig) -> None:
     `--fine-tune-at` and `--feature-map-layer` on it.
     """
     training.check_config(config.train, image_size=config.image_size)
+    if config.train.calibrate and config.data.val_split == 0:
+        raise ValueError("--calibrate fits the temperature on the validation split, so it needs --val-split > 0. "
+                         "Received: val_split=0")
     if config.run.feature_map_layer is not None:
         models_lib.check_layer_name(config.train.backbone, config.run.feature_map_layer, alpha=config.train.alpha,
                                     image_size=config.image_size)
@@ -214,14 +218,20 @@ def save_plots(result: training.TrainResult, *, output_dir: str, feature_map_lay
     figures: dict[str, Callable[[], Any]] = {}
     if result.history:
         title = f"{result.model.name}: {len(result.class_names)} classes"
-        figures["curves"] = lambda: plots.plot_training_curves(result.history, fine_tune_start=result.fine_tune_start,
-                                                               title=title)
+        logged = {key for phase in result.history.values() for key in phase}
+        # Top-k accuracy gets its own panel where the run logged it.
+        shown = ("loss", "accuracy", *sorted(k for k in logged if k.startswith("top") and k.endswith("_accuracy")))
+        figures["curves"] = lambda: plots.plot_training_curves(result.history, metrics=shown,
+                                                               fine_tune_start=result.fine_tune_start, title=title)
     if result.evaluation is not None:
         drawn = monitoring.evaluation_figures(result.evaluation, title="Validation")
         figures["confusion"] = lambda: drawn["confusion_matrix"]
         if "predictions" in drawn:
             figures["predictions"] = lambda: drawn["predictions"]
         first_image = result.evaluation.samples.images[0] if result.evaluation.samples else first_image
+    reliabilities = _reliabilities((result.metrics or {}).get("calibration") or {})
+    if reliabilities:
+        figures["reliability"] = lambda: plots.plot_reliability(reliabilities, title="Validation calibration")
     if first_image is not None:
         figures["feature_maps"] = lambda: plots.plot_feature_maps(result.model, first_image, layer=feature_map_layer)
     written = []
@@ -230,6 +240,20 @@ def save_plots(result: training.TrainResult, *, output_dir: str, feature_map_lay
         if not (only_missing and os.path.isfile(path)):
             written.append(files.save_figure(draw(), path))
     return written
+
+
+def _reliabilities(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The validation reliability bins `metrics.json` holds, before and after any temperature."""
+    from keras_transfer.calibration import Reliability
+
+    if "val_reliability" not in info:
+        return {}
+    if info.get("temperature") is None:
+        return {"validation": Reliability.from_dict(info["val_reliability"])}
+    return {
+        "before": Reliability.from_dict(info["val_reliability_before"]),
+        f"after (T = {info['temperature']:.2f})": Reliability.from_dict(info["val_reliability"]),
+    }
 
 
 def run_experiment(config: ExperimentConfig, load: Callable[[ExperimentConfig], Any]) -> training.TrainResult:

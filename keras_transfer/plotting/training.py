@@ -1,4 +1,4 @@
-"""Figures of a training run: curves, confusion matrix, predictions, feature maps.
+"""Figures of a training run: curves, confusion matrix, reliability, predictions, feature maps.
 
 Every function returns a `matplotlib.figure.Figure` built without pyplot (no
 global state, no display needed); save it with `fig.savefig(path)`.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -65,6 +66,45 @@ def plot_training_curves(
         if drawn or fine_tune_start is not None:
             ax.legend(loc="best", fontsize="small")
         ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_reliability(reliabilities: Mapping[str, Any], *, title: str | None = None) -> Figure:
+    """Reliability diagram: accuracy against confidence per bin, with the ECE of each curve.
+
+    A calibrated model's points lie on the diagonal; points below it mean
+    over-confidence. The lower panel shows how many images fall in each bin.
+
+    Args:
+        reliabilities: `{label: keras_transfer.calibration.Reliability}`,
+            e.g. `{"before": ..., "after temperature scaling": ...}`, drawn in
+            that order.
+        title: figure title. Defaults to `None`.
+    """
+    if not reliabilities:
+        raise ValueError("Expected at least one reliability to draw. Received: reliabilities={}")
+    fig = Figure(figsize=(5.5, 6.0), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfectly calibrated")
+    offsets = np.linspace(-0.2, 0.2, len(reliabilities)) if len(reliabilities) > 1 else [0.0]
+    for (label, rel), offset in zip(reliabilities.items(), offsets):
+        full = rel.counts > 0
+        top.plot(rel.confidence[full], rel.accuracy[full], marker="o", markersize=4,
+                 label=f"{label} (ECE {rel.ece:.3f})")
+        centers = (rel.edges[:-1] + rel.edges[1:]) / 2
+        width = float(np.diff(rel.edges).min())
+        bottom.bar(centers + offset * width, rel.counts, width=width / max(len(reliabilities), 1), alpha=0.7,
+                   label=label)
+    top.set_ylabel("accuracy")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize="small")
+    bottom.set_xlabel("confidence (top probability)")
+    bottom.set_ylabel("images")
+    bottom.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     return fig
