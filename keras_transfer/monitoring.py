@@ -1,14 +1,17 @@
 """TensorBoard for training runs: hyper-parameters and validation pictures.
 
 Scalars come from Keras' own `TensorBoard` callback; this module adds the
-HParams entry and, every few epochs, a confusion matrix and a grid of
+HParams entry and, a few times per phase, a confusion matrix and a grid of
 validation predictions drawn from one `keras_transfer.evaluation.Evaluation`
-(the same object the end-of-run plots draw from).
+(the same object the end-of-run plots draw from). They are kept cheap: a few
+per phase by default, drawn at a low resolution, and in a phase that runs the
+whole network on images, from a fixed subset of the validation split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -16,6 +19,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer import evaluation as eval_lib
+
+IMAGES_PER_PHASE = 4  # pictures per phase by default
+MONITOR_IMAGES = 256  # validation images evaluated for the pictures of a phase that runs on images
+TENSORBOARD_DPI = 50
 
 
 def write_hparams(log_dir: str, hparams: Mapping[str, Any], *, trial_id: str | None = None) -> None:
@@ -65,6 +72,26 @@ def evaluation_figures(evaluation: eval_lib.Evaluation, *, title: str = "Validat
     return figures
 
 
+def image_epochs(first_epoch: int, epochs: int, every: int | None) -> frozenset[int]:
+    """The epochs (0-based, on the run's axis) of a phase at which pictures are drawn.
+
+    Args:
+        first_epoch: the phase's first epoch.
+        epochs: the phase's number of epochs.
+        every: `N` for every N-th epoch of the run's axis, `0` for none, or
+            `None` for about `IMAGES_PER_PHASE` per phase whatever its length
+            (its last epoch included), so that a 100-epoch cached head draws
+            as few pictures as a 10-epoch fine-tuning.
+    """
+    end = first_epoch + epochs
+    if every == 0 or epochs <= 0:
+        return frozenset()
+    if every is not None:
+        return frozenset(e for e in range(first_epoch, end) if (e + 1) % every == 0)
+    step = math.ceil(epochs / IMAGES_PER_PHASE)
+    return frozenset({*range(first_epoch + step - 1, end, step), end - 1})
+
+
 class ValidationImages(keras.callbacks.Callback):
     """Writes a confusion matrix and a grid of labelled validation images to TensorBoard.
 
@@ -74,8 +101,10 @@ class ValidationImages(keras.callbacks.Callback):
             (images, or cached features for a head), in the order of `labels`.
         labels: the validation labels.
         class_names: the class names.
+        epochs: the epochs (of the run's axis) to draw at, e.g. from
+            `image_epochs`.
         samples: validation images for the grid. Defaults to `None` (no grid).
-        every: write every this many epochs. Defaults to `1`.
+        title: what the pictures show. Defaults to `"Validation"`.
     """
 
     def __init__(
@@ -85,30 +114,33 @@ class ValidationImages(keras.callbacks.Callback):
         labels: np.ndarray,
         class_names: Sequence[str],
         *,
+        epochs: Collection[int],
         samples: eval_lib.Samples | None = None,
-        every: int = 1,
+        title: str = "Validation",
     ):
         super().__init__()
         self.log_dir = log_dir
         self.batches = batches
         self.labels = np.asarray(labels)
         self.class_names = tuple(class_names)
+        self.epochs = frozenset(int(e) for e in epochs)
         self.samples = samples
-        self.every = every
+        self.title = title
         self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every:
+        if epoch not in self.epochs:
             return
         from keras_transfer.plotting import training as plots
 
         evaluation = eval_lib.evaluate(self.model, self.batches, self.labels, self.class_names, samples=self.samples)
-        figures = evaluation_figures(evaluation, title=f"Validation, epoch {epoch + 1}")
+        figures = evaluation_figures(evaluation, title=f"{self.title}, epoch {epoch + 1}")
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         with self._writer.as_default():
             for tag, fig in figures.items():
-                png = tf.image.decode_png(plots.figure_to_png(fig), channels=3)
+                # A lower resolution than the run's PNG files: TensorBoard shows them small.
+                png = tf.image.decode_png(plots.figure_to_png(fig, dpi=TENSORBOARD_DPI), channels=3)
                 tf.summary.image(tag, png[None], step=epoch)
         self._writer.flush()
 

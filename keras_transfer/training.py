@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from functools import cached_property
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ from keras_transfer import data as data_lib
 from keras_transfer import engine
 from keras_transfer import evaluation as eval_lib
 from keras_transfer import models as models_lib
-from keras_transfer import phases
+from keras_transfer import monitoring, phases
 from keras_transfer import probe as probe_lib
 from keras_transfer.errors import ResumeMismatchError
 from keras_transfer.evaluation import Evaluation
@@ -142,10 +143,12 @@ class TrainConfig:
     strategy: str = setting("default", kind=Choice(engine.STRATEGY_CHOICES), fingerprint=False, group="engine",
                             help="default: one device; mirrored: all local GPUs (or logical CPUs); "
                                  "multi_worker: MultiWorkerMirroredStrategy configured by TF_CONFIG")
-    tensorboard_images_every: int = setting(1, kind=Int(min=0), fingerprint=False, group="output",
-                                            metavar="N",
-                                            help="TensorBoard confusion matrix and prediction grid every N "
-                                                 "epochs (0: never)")
+    tensorboard_images_every: int | None = setting(None, kind=Optional(Int(min=0)), fingerprint=False,
+                                                   group="output", metavar="N",
+                                                   help="TensorBoard confusion matrix and prediction grid every N "
+                                                        "epochs (0: never; default: 4 times per phase, its last "
+                                                        "epoch included). A phase that runs the backbone on "
+                                                        "images draws them from 256 validation images")
     top_k: int = setting(3, kind=Int(min=1), fingerprint=False, group="output", metavar="K",
                          help="also report top-K accuracy (per epoch and at the end) when there are more than "
                               "K classes")
@@ -411,6 +414,8 @@ class _Splits:
     ordered: dict[str, tf.data.Dataset]  # every split in order, for evaluation
     labels: dict[str, np.ndarray]
     samples: eval_lib.Samples | None
+    val_images: tf.data.Dataset | None  # unbatched, in order
+    batch_size: int
 
     @classmethod
     def of(cls, data: data_lib.ImageData, config: TrainConfig) -> "_Splits":
@@ -419,7 +424,38 @@ class _Splits:
         labels = {n: eval_lib.labels_of(ds) for n, ds in splits.items()}
         samples = eval_lib.samples_of(data.val, len(labels["val"])) if "val" in labels else None
         train = phases.image_batches(data.train, batch_size=config.batch_size, shuffle=True, seed=config.seed)
-        return cls(train=train, ordered=ordered, labels=labels, samples=samples)
+        return cls(train=train, ordered=ordered, labels=labels, samples=samples, val_images=data.val,
+                   batch_size=config.batch_size)
+
+    @cached_property
+    def monitor(self) -> _Monitor | None:
+        """The validation subset of the per-epoch pictures of image phases (made when first needed)."""
+        if self.val_images is None:
+            return None
+        return _Monitor.of(self.val_images, self.labels["val"], batch_size=self.batch_size)
+
+
+@dataclasses.dataclass
+class _Monitor:
+    """Validation images for the per-epoch pictures of a phase that runs the backbone on images.
+
+    Evaluating the whole validation split after every drawn epoch would cost
+    a full inference pass each time; a fixed, class-spread subset costs a
+    fraction of one.
+    """
+
+    batches: tf.data.Dataset
+    labels: np.ndarray
+    samples: eval_lib.Samples | None
+    title: str
+
+    @classmethod
+    def of(cls, val: tf.data.Dataset, labels: np.ndarray, *, batch_size: int) -> "_Monitor":
+        at = eval_lib.grid_indices(len(labels), monitoring.MONITOR_IMAGES)
+        subset = tf.data.Dataset.from_tensor_slices((eval_lib.images_at(val, at), labels[at]))
+        title = "Validation" if len(at) == len(labels) else f"Validation ({len(at)} of {len(labels)} images)"
+        return cls(batches=phases.image_batches(subset, batch_size=batch_size), labels=labels[at],
+                   samples=eval_lib.samples_of(subset, len(at)), title=title)
 
 
 def _write_hparams_once(ctx: _Context) -> None:
@@ -449,14 +485,19 @@ def _fit_options(ctx: _Context) -> phases.FitOptions:
     )
 
 
-def _image_callbacks(ctx: _Context, val: tf.data.Dataset | None, splits: _Splits) -> list[keras.callbacks.Callback]:
-    every = ctx.config.tensorboard_images_every
-    if not ctx.run.enabled or val is None or not every:
+def _image_callbacks(ctx: _Context, splits: _Splits, *, first_epoch: int, epochs: int,
+                     features: tf.data.Dataset | None = None) -> list[keras.callbacks.Callback]:
+    """The TensorBoard pictures of a phase: of cached validation `features` (all of them), else of images."""
+    at = monitoring.image_epochs(first_epoch, epochs, ctx.config.tensorboard_images_every)
+    if not ctx.run.enabled or splits.val_images is None or not at:
         return []
-    from keras_transfer.monitoring import ValidationImages
-
     log_dir = os.path.join(ctx.run.tensorboard, "validation")
-    return [ValidationImages(log_dir, val, splits.labels["val"], ctx.class_names, samples=splits.samples, every=every)]
+    if features is not None:
+        return [monitoring.ValidationImages(log_dir, features, splits.labels["val"], ctx.class_names, epochs=at,
+                                            samples=splits.samples)]
+    monitor = splits.monitor
+    return [monitoring.ValidationImages(log_dir, monitor.batches, monitor.labels, ctx.class_names, epochs=at,
+                                        samples=monitor.samples, title=monitor.title)]
 
 
 def _committed(ctx: _Context, phase: str):
@@ -520,14 +561,16 @@ def _head_on_cached_features(ctx: _Context, model: keras.Model, splits: _Splits)
         val_features=features.get("val_x"), val_labels=features.get("val_y"),
         epochs=ctx.config.epochs, learning_rate=ctx.config.learning_rate, batch_size=ctx.config.batch_size,
         seed=ctx.config.seed, options=_fit_options(ctx), run=ctx.run,
-        callbacks=[*_image_callbacks(ctx, val_batches, splits), *ctx.callbacks],
+        callbacks=[*_image_callbacks(ctx, splits, first_epoch=0, epochs=ctx.config.epochs, features=val_batches),
+                   *ctx.callbacks],
         on_commit=_committed(ctx, "head"),
     )
     head = models_lib.head(model)
     train_in_order = phases.feature_batches(features["train_x"], features["train_y"], batch_size=ctx.config.batch_size)
-    final = {"train": eval_lib.evaluate(head, train_in_order, features["train_y"], ctx.class_names).summary()}
+    top_k = ctx.config.top_k
+    final = {"train": eval_lib.evaluate(head, train_in_order, features["train_y"], ctx.class_names).summary(top_k=top_k)}
     if val_batches is not None:
-        final["val"] = eval_lib.evaluate(head, val_batches, features["val_y"], ctx.class_names).summary()
+        final["val"] = eval_lib.evaluate(head, val_batches, features["val_y"], ctx.class_names).summary(top_k=top_k)
     return {"records": records, "final": final}
 
 
@@ -548,10 +591,11 @@ def _head_on_frozen_backbone(ctx: _Context, model: keras.Model, splits: _Splits)
                             ctx.config.learning_rate)
     records = phases.run_phase(
         plan, options=_fit_options(ctx), run=ctx.run,
-        callbacks=[*_image_callbacks(ctx, splits.ordered.get("val"), splits), *ctx.callbacks],
+        callbacks=[*_image_callbacks(ctx, splits, first_epoch=0, epochs=ctx.config.epochs), *ctx.callbacks],
         on_commit=_committed(ctx, "head"),
     )
-    final = {n: _evaluate_split(ctx, model, splits, n).summary() for n in ("train", "val") if n in splits.ordered}
+    final = {n: _evaluate_split(ctx, model, splits, n).summary(top_k=ctx.config.top_k)
+             for n in ("train", "val") if n in splits.ordered}
     return {"records": records, "final": final}
 
 
@@ -594,7 +638,8 @@ def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_e
                             ctx.config.fine_tune_epochs, lr)
     records = phases.run_phase(
         plan, options=_fit_options(ctx), run=ctx.run,
-        callbacks=[*_image_callbacks(ctx, splits.ordered.get("val"), splits), *ctx.callbacks],
+        callbacks=[*_image_callbacks(ctx, splits, first_epoch=first_epoch, epochs=ctx.config.fine_tune_epochs),
+                   *ctx.callbacks],
         on_commit=_committed(ctx, "fine_tune"),
     )
     ctx.records["fine_tune"] = records
