@@ -11,6 +11,7 @@ whole network on images, from a fixed subset of the validation split.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -126,11 +127,17 @@ class ValidationImages(keras.callbacks.Callback):
         self.epochs = frozenset(int(e) for e in epochs)
         self.samples = samples
         self.title = title
+        self.seconds = 0.0  # spent drawing and writing, to report what monitoring costs
         self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch not in self.epochs:
             return
+        start = time.perf_counter()
+        self._draw(epoch)
+        self.seconds += time.perf_counter() - start
+
+    def _draw(self, epoch: int) -> None:
         from keras_transfer.plotting import training as plots
 
         evaluation = eval_lib.evaluate(self.model, self.batches, self.labels, self.class_names, samples=self.samples)

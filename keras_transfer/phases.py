@@ -30,9 +30,43 @@ class FitOptions:
 
     jit_compile: bool = False
     verbose: int = 1
-    early_stopping_patience: int | None = None
     tensorboard_dir: str | None = None
     top_k: int | None = None  # also log top-k accuracy where there are more than k classes
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStop:
+    """Stop a phase when `monitor` has not improved for `patience` epochs; end on its best epoch.
+
+    Unlike `keras.callbacks.EarlyStopping`, the decision is a function of the
+    committed epoch records, so it survives a resumption, and the phase's
+    starting point competes too: with `baseline` (the monitored value of the
+    weights the phase starts from), a phase that never beats it ends on the
+    weights it started from.
+
+    Attributes:
+        patience: epochs without a lower `monitor` before stopping.
+        monitor: the record to minimize. Defaults to `"val_loss"`.
+        baseline: `monitor` of the starting weights, or `None`. Defaults to `None`.
+    """
+
+    patience: int
+    monitor: str = "val_loss"
+    baseline: float | None = None
+
+    def best(self, records: Mapping[int, Mapping[str, float]]) -> int | None:
+        """The best epoch so far; `None` for the starting weights (or no epoch yet)."""
+        candidates = [(self.baseline, None)] if self.baseline is not None else []
+        candidates += [(r[self.monitor], e) for e, r in sorted(records.items()) if self.monitor in r]
+        finite = [c for c in candidates if math.isfinite(c[0])]
+        return min(finite, key=lambda c: c[0])[1] if finite else None  # ties: the earlier
+
+    def should_stop(self, records: Mapping[int, Mapping[str, float]], first_epoch: int) -> bool:
+        if not records:
+            return False
+        best = self.best(records)
+        since = max(records) - (first_epoch - 1 if best is None else best)
+        return since >= self.patience
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -47,6 +81,8 @@ class PhasePlan:
         first_epoch: the phase's first epoch on the run's axis.
         epochs: epochs of the phase.
         learning_rate: Adam learning rate.
+        early_stop: when to stop before `epochs`, ending on the best epoch;
+            `None` runs every epoch and ends on the last.
     """
 
     name: str
@@ -56,6 +92,7 @@ class PhasePlan:
     first_epoch: int
     epochs: int
     learning_rate: float
+    early_stop: EarlyStop | None = None
 
     @property
     def end_epoch(self) -> int:
@@ -86,12 +123,15 @@ class EpochCommit(keras.callbacks.Callback):
     (after a resumption) overwrites its earlier record.
     """
 
-    def __init__(self, phase: str, records: dict[int, dict[str, float]], run: RunFolder, *, on_commit=None):
+    def __init__(self, phase: str, records: dict[int, dict[str, float]], run: RunFolder, *, on_commit=None,
+                 early_stop: EarlyStop | None = None, first_epoch: int = 0):
         super().__init__()
         self.phase = phase
         self.records = records
         self.run = run
         self.on_commit = on_commit
+        self.early_stop = early_stop
+        self.first_epoch = first_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {}
@@ -102,9 +142,22 @@ class EpochCommit(keras.callbacks.Callback):
                 continue
         entry["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self.records[int(epoch)] = entry
-        self.run.save_epoch(self.phase, self.records, self.model, int(epoch))
+        keep = self.early_stop.best(self.records) if self.early_stop else None
+        self.run.save_epoch(self.phase, self.records, self.model, int(epoch), keep=keep)
         if self.on_commit is not None:
             self.on_commit()
+
+
+class _StopWhenNoBetter(keras.callbacks.Callback):
+    """Ends `fit` once the committed records say so (`EarlyStop.should_stop`)."""
+
+    def __init__(self, stop: EarlyStop, records: Mapping[int, Mapping[str, float]], first_epoch: int):
+        super().__init__()
+        self.stop, self.records, self.first_epoch = stop, records, first_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.stop.should_stop(self.records, self.first_epoch):
+            self.model.stop_training = True
 
 
 def run_phase(
@@ -127,7 +180,9 @@ def run_phase(
         on_commit: called after every committed epoch. Defaults to `None`.
 
     Returns:
-        The records of the phase's epochs, by epoch of the run's axis.
+        The records of the phase's epochs, by epoch of the run's axis. With
+        `plan.early_stop` the model ends on the best epoch (see
+        `EarlyStop.best(records)`), which may be its starting weights.
 
     Raises:
         FloatingPointError: the loss became NaN or infinite.
@@ -137,12 +192,17 @@ def run_phase(
                        top_k=options.top_k)
     records, backup = run.load_history(plan.name)
     start = plan.first_epoch
+    stop = plan.early_stop
     if backup is not None:
         # The optimizer's variables are in the backup: build it before loading.
         plan.model.optimizer.build(plan.model.trainable_variables)
         run.restore_epoch(plan.model, backup)
         start = max(records) + 1
-    if start < plan.end_epoch:
+    elif stop is not None and stop.baseline is not None:
+        plan.model.optimizer.build(plan.model.trainable_variables)  # so that restoring it loads the same variables
+        run.save_start(plan.name, plan.model)
+    stopped = stop is not None and stop.should_stop(records, plan.first_epoch)
+    if start < plan.end_epoch and not stopped:
         plan.model.fit(
             plan.train,
             validation_data=plan.val,
@@ -153,6 +213,10 @@ def run_phase(
             verbose=options.verbose,
         )
     check_finite(plan.name, records, plan.learning_rate)
+    if stop is not None and records:
+        best = stop.best(records)
+        if best != max(records) and (best is not None or stop.baseline is not None):
+            run.restore_best(plan.model, plan.name, best)
     return records
 
 
@@ -163,15 +227,10 @@ def _callbacks(plan, options, run, records, extra, on_commit) -> list[keras.call
     if options.tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=options.tensorboard_dir, write_graph=False))
     callbacks.extend(extra)
-    if options.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss" if plan.val is not None else "loss",
-                patience=options.early_stopping_patience,
-                restore_best_weights=True,
-            )
-        )
-    callbacks.append(EpochCommit(plan.name, records, run, on_commit=on_commit))
+    callbacks.append(EpochCommit(plan.name, records, run, on_commit=on_commit, early_stop=plan.early_stop,
+                                 first_epoch=plan.first_epoch))
+    if plan.early_stop is not None:
+        callbacks.append(_StopWhenNoBetter(plan.early_stop, records, plan.first_epoch))
     return callbacks
 
 

@@ -11,12 +11,15 @@
       state/initial.weights.h5   the starting weights (same on resumption)
       state/head.weights.h5      the classifier after phase 1 (fine_tune.weights.h5: phase 2)
       state/history_<phase>.json epoch records + the name of the epoch backup
-      state/backup_<phase>/epoch_<n>.weights.h5   weights after epoch n
+      state/backup_<phase>/epoch_<n>.weights.h5   weights after epoch n (the last, and
+                                 the best one of a phase that keeps its best epoch)
+      state/backup_<phase>/start.weights.h5       the weights that phase started from
 
 Every file is written atomically (`keras_transfer.files`), so a kill at any
 instant leaves the folder resumable; an unreadable file is reported as
 `CorruptFileError` naming it and the way forward. `NoRunFolder()` is the
-same interface writing nothing, for runs without an `output_dir`.
+same interface writing nothing (the weights a phase may return to are kept
+in memory), for runs without an `output_dir`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ _FEATURES = "features.npz"
 _INITIAL_WEIGHTS = "initial.weights.h5"
 _HEAD_WEIGHTS = "head.weights.h5"
 _FINE_TUNE_WEIGHTS = "fine_tune.weights.h5"
+_START_BACKUP = "start.weights.h5"  # a phase's starting weights, while it may return to them
 
 # What --overwrite may remove: only what a run writes.
 RUN_OUTPUTS = (MODEL_FILE, CLASSES_FILE, METRICS_FILE, TENSORBOARD_DIR, STATE_DIR, WORKERS_DIR)
@@ -179,22 +183,41 @@ class RunFolder:
         backup = saved.get("backup")
         return records, (os.path.join(self._backup_dir(phase), backup) if backup else None)
 
-    def save_epoch(self, phase: str, records: Mapping[int, Mapping[str, float]], model, epoch: int) -> None:
-        """Backs up `model` after `epoch`, then commits the records that point to it."""
+    def save_start(self, phase: str, model) -> None:
+        """Backs up the weights a phase starts from (kept until the phase ends: they may be its best)."""
         folder = self._backup_dir(phase)
         os.makedirs(folder, exist_ok=True)
-        name = f"epoch_{epoch}.weights.h5"
+        with files.atomic_path(os.path.join(folder, _START_BACKUP), suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
+
+    def save_epoch(self, phase: str, records: Mapping[int, Mapping[str, float]], model, epoch: int, *,
+                   keep: int | None = None) -> None:
+        """Backs up `model` after `epoch`, then commits the records that point to it.
+
+        The backups of other epochs are removed, except that of epoch `keep`
+        (the best so far, when the phase keeps its best epoch) and the
+        phase's start.
+        """
+        folder = self._backup_dir(phase)
+        os.makedirs(folder, exist_ok=True)
+        name = _epoch_backup(epoch)
         with files.atomic_path(os.path.join(folder, name), suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
         history = {"records": {str(k): v for k, v in sorted(records.items())}, "backup": name}
         files.write_json(self._state_path(f"history_{phase}.json"), history)  # the commit point
+        kept = {name, _START_BACKUP, *([_epoch_backup(keep)] if keep is not None else [])}
         for other in os.listdir(folder):
-            if other != name:
+            if other not in kept:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(folder, other))
 
     def restore_epoch(self, model, backup: str) -> None:
         self._load_weights_file(model, backup, "epoch backup")
+
+    def restore_best(self, model, phase: str, epoch: int | None) -> None:
+        """Loads the backup of `epoch` of `phase` (`None`: the weights the phase started from)."""
+        name = _START_BACKUP if epoch is None else _epoch_backup(epoch)
+        self._load_weights_file(model, os.path.join(self._backup_dir(phase), name), "best epoch backup")
 
     def drop_backups(self, phase: str) -> None:
         shutil.rmtree(self._backup_dir(phase), ignore_errors=True)
@@ -243,6 +266,7 @@ class NoRunFolder(RunFolder):
         self.root = None
         self.state_dir = None
         self.tensorboard = None
+        self._kept: dict[tuple[str, int | None], list] = {}
 
     def prepare(self) -> None:
         pass
@@ -271,17 +295,29 @@ class NoRunFolder(RunFolder):
     def load_history(self, phase: str):
         return {}, None
 
-    def save_epoch(self, phase, records, model, epoch) -> None:
-        pass
+    # Without a folder, the weights a phase may return to are kept in memory.
+    def save_start(self, phase: str, model) -> None:
+        self._kept[(phase, None)] = model.get_weights()
+
+    def save_epoch(self, phase, records, model, epoch, *, keep: int | None = None) -> None:
+        self._kept = {k: v for k, v in self._kept.items() if k[0] != phase or k[1] in (None, keep)}
+        self._kept[(phase, int(epoch))] = model.get_weights()
+
+    def restore_best(self, model, phase: str, epoch: int | None) -> None:
+        model.set_weights(self._kept[(phase, epoch)])
 
     def drop_backups(self, phase: str) -> None:
-        pass
+        self._kept = {k: v for k, v in self._kept.items() if k[0] != phase}
 
     def write_outputs(self, model, class_names, metrics) -> None:
         pass
 
     def finish(self) -> None:
         pass
+
+
+def _epoch_backup(epoch: int) -> str:
+    return f"epoch_{epoch}.weights.h5"
 
 
 def _first_line(error: BaseException) -> str:

@@ -121,10 +121,14 @@ class TrainConfig:
     cache_features: bool = setting(True, kind=Flag(), group="training",
                                    help="phase 1 on backbone features computed once (fast; its only "
                                         "augmentation is then --flip-features)")
-    early_stopping_patience: int | None = setting(None, kind=Optional(Int(min=1)), group="training",
-                                                  flag="--early-stopping", metavar="PATIENCE",
-                                                  help="stop a phase after PATIENCE epochs without a lower "
-                                                       "validation loss, keeping the best weights (default: off)")
+    early_stopping_patience: int = setting(3, kind=Int(min=0), group="training", flag="--early-stopping",
+                                           metavar="PATIENCE",
+                                           help="a phase that runs the backbone on images (fine-tuning, or the "
+                                                "head with --no-cache-features) stops after PATIENCE epochs "
+                                                "without a lower validation loss and ends on its best epoch; "
+                                                "fine-tuning ends on the head's weights if it never beats them "
+                                                "(0: run every epoch; a cached head, whose epochs cost "
+                                                "milliseconds, always does)")
     calibrate: bool = setting(False, kind=Flag(), group="model",
                               help="after training, fit a temperature T on the validation split and divide the "
                                    "logits layer's kernel and bias by it, so the saved model's softmax is "
@@ -293,6 +297,7 @@ class _Context:
     started: float = dataclasses.field(default_factory=time.perf_counter)
     records: dict[str, dict[int, dict[str, float]]] = dataclasses.field(default_factory=dict)
     clocks: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    pictures: dict[str, tuple[float, monitoring.ValidationImages]] = dataclasses.field(default_factory=dict)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -316,6 +321,14 @@ class _Context:
         """Wall time of a phase over every session (earlier ones to their last commit)."""
         earlier, started = self.clocks[phase]
         return earlier + time.perf_counter() - started
+
+    def update_times(self, phase: str) -> None:
+        """The phase's wall time, and the part of it its TensorBoard pictures took, into the state."""
+        state = self.phase(phase)
+        state["wall_time_s"] = self.phase_time(phase)
+        if phase in self.pictures:
+            earlier, callback = self.pictures[phase]
+            state["tensorboard_images_s"] = earlier + callback.seconds
 
     def say(self, message: str) -> None:
         if self.config.verbose:
@@ -479,13 +492,12 @@ def _fit_options(ctx: _Context) -> phases.FitOptions:
     return phases.FitOptions(
         jit_compile=ctx.config.jit_compile,
         verbose=ctx.config.verbose,
-        early_stopping_patience=ctx.config.early_stopping_patience,
         tensorboard_dir=ctx.run.tensorboard,
         top_k=ctx.config.top_k,
     )
 
 
-def _image_callbacks(ctx: _Context, splits: _Splits, *, first_epoch: int, epochs: int,
+def _image_callbacks(ctx: _Context, splits: _Splits, phase: str, *, first_epoch: int, epochs: int,
                      features: tf.data.Dataset | None = None) -> list[keras.callbacks.Callback]:
     """The TensorBoard pictures of a phase: of cached validation `features` (all of them), else of images."""
     at = monitoring.image_epochs(first_epoch, epochs, ctx.config.tensorboard_images_every)
@@ -493,18 +505,21 @@ def _image_callbacks(ctx: _Context, splits: _Splits, *, first_epoch: int, epochs
         return []
     log_dir = os.path.join(ctx.run.tensorboard, "validation")
     if features is not None:
-        return [monitoring.ValidationImages(log_dir, features, splits.labels["val"], ctx.class_names, epochs=at,
-                                            samples=splits.samples)]
-    monitor = splits.monitor
-    return [monitoring.ValidationImages(log_dir, monitor.batches, monitor.labels, ctx.class_names, epochs=at,
-                                        samples=monitor.samples, title=monitor.title)]
+        callback = monitoring.ValidationImages(log_dir, features, splits.labels["val"], ctx.class_names, epochs=at,
+                                               samples=splits.samples)
+    else:
+        monitor = splits.monitor
+        callback = monitoring.ValidationImages(log_dir, monitor.batches, monitor.labels, ctx.class_names,
+                                               epochs=at, samples=monitor.samples, title=monitor.title)
+    ctx.pictures[phase] = (ctx.phase(phase).get("tensorboard_images_s", 0.0), callback)
+    return [callback]
 
 
 def _committed(ctx: _Context, phase: str):
     """Keeps the phase's and the run's wall time in the state at every commit."""
 
     def commit() -> None:
-        ctx.phase(phase)["wall_time_s"] = ctx.phase_time(phase)
+        ctx.update_times(phase)
         ctx.save()
 
     return commit
@@ -561,7 +576,7 @@ def _head_on_cached_features(ctx: _Context, model: keras.Model, splits: _Splits)
         val_features=features.get("val_x"), val_labels=features.get("val_y"),
         epochs=ctx.config.epochs, learning_rate=ctx.config.learning_rate, batch_size=ctx.config.batch_size,
         seed=ctx.config.seed, options=_fit_options(ctx), run=ctx.run,
-        callbacks=[*_image_callbacks(ctx, splits, first_epoch=0, epochs=ctx.config.epochs, features=val_batches),
+        callbacks=[*_image_callbacks(ctx, splits, "head", first_epoch=0, epochs=ctx.config.epochs, features=val_batches),
                    *ctx.callbacks],
         on_commit=_committed(ctx, "head"),
     )
@@ -588,15 +603,40 @@ def _head_on_frozen_backbone(ctx: _Context, model: keras.Model, splits: _Splits)
     ctx.say(f"Phase 1: head on the frozen backbone, {ctx.config.epochs} epochs "
             f"(learning rate {ctx.config.learning_rate:g}).")
     plan = phases.PhasePlan("head", model, splits.train, splits.ordered.get("val"), 0, ctx.config.epochs,
-                            ctx.config.learning_rate)
+                            ctx.config.learning_rate, early_stop=_early_stop(ctx, splits))
     records = phases.run_phase(
         plan, options=_fit_options(ctx), run=ctx.run,
-        callbacks=[*_image_callbacks(ctx, splits, first_epoch=0, epochs=ctx.config.epochs), *ctx.callbacks],
+        callbacks=[*_image_callbacks(ctx, splits, "head", first_epoch=0, epochs=ctx.config.epochs), *ctx.callbacks],
         on_commit=_committed(ctx, "head"),
     )
     final = {n: _evaluate_split(ctx, model, splits, n).summary(top_k=ctx.config.top_k)
              for n in ("train", "val") if n in splits.ordered}
-    return {"records": records, "final": final}
+    return {"records": records, "final": final, **_ending(plan, records)}
+
+
+def _early_stop(ctx: _Context, splits: _Splits, *, baseline: float | None = None) -> phases.EarlyStop | None:
+    """The early stopping of a phase on images (none without a validation split or with patience 0)."""
+    patience = ctx.config.early_stopping_patience
+    if not patience or "val" not in splits.ordered:
+        return None
+    return phases.EarlyStop(patience, baseline=baseline)
+
+
+def _ending(plan: phases.PhasePlan, records: Mapping[int, Mapping[str, float]]) -> dict[str, Any]:
+    """What a phase ended on, for the run's state and metrics.json."""
+    if plan.early_stop is None or not records:
+        return {}
+    best = plan.early_stop.best(records)
+    return {"ended_on_epoch": best, "stopped_early": len(records) < plan.epochs}
+
+
+def _head_val_loss(ctx: _Context) -> float | None:
+    """Keras' validation loss of the weights phase 1 ended on (its records): phase 2 must beat it."""
+    records = ctx.run.load_history("head")[0] if ctx.run.enabled else ctx.records.get("head", {})
+    if not records:
+        return None
+    ended_on = ctx.phase("head").get("ended_on_epoch")
+    return records[max(records) if ended_on is None else ended_on].get("val_loss")
 
 
 def _head_phase(ctx: _Context, model: keras.Model, splits: _Splits) -> int:
@@ -611,12 +651,12 @@ def _head_phase(ctx: _Context, model: keras.Model, splits: _Splits) -> int:
     ctx.start_clock("head")
     fit = _head_on_cached_features if ctx.config.cache_features else _head_on_frozen_backbone
     outcome = fit(ctx, model, splits)
-    records = ctx.records["head"] = outcome["records"]
+    records = ctx.records["head"] = outcome.pop("records")
     state.update(
         epochs_done=(max(records) + 1) if records else 0,
         cached_features=ctx.config.cache_features,
         mirrored_features=ctx.config.flip_views,
-        final=outcome["final"],
+        **outcome,
     )
     _complete_phase(ctx, model, "head")
     return int(state["epochs_done"])
@@ -635,22 +675,29 @@ def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_e
     ctx.say(f"Phase 2: fine-tuning {trainable} backbone layers with weights, "
             f"{ctx.config.fine_tune_epochs} epochs (learning rate {lr:g}).")
     plan = phases.PhasePlan("fine_tune", model, splits.train, splits.ordered.get("val"), first_epoch,
-                            ctx.config.fine_tune_epochs, lr)
+                            ctx.config.fine_tune_epochs, lr,
+                            early_stop=_early_stop(ctx, splits, baseline=_head_val_loss(ctx)))
     records = phases.run_phase(
         plan, options=_fit_options(ctx), run=ctx.run,
-        callbacks=[*_image_callbacks(ctx, splits, first_epoch=first_epoch, epochs=ctx.config.fine_tune_epochs),
+        callbacks=[*_image_callbacks(ctx, splits, "fine_tune", first_epoch=first_epoch,
+                                    epochs=ctx.config.fine_tune_epochs),
                    *ctx.callbacks],
         on_commit=_committed(ctx, "fine_tune"),
     )
     ctx.records["fine_tune"] = records
-    state.update(epochs_done=len(records), trainable_backbone_layers=trainable, learning_rate=lr)
+    state.update(epochs_done=len(records), trainable_backbone_layers=trainable, learning_rate=lr,
+                 **_ending(plan, records))
+    if state.get("stopped_early") or "ended_on_epoch" in state:
+        ended = state.get("ended_on_epoch")
+        ctx.say(f"Phase 2: {len(records)} epochs; ends on " + ("the head's weights (no epoch had a lower "
+                "validation loss)" if ended is None else f"epoch {ended + 1}") + ".")
     _complete_phase(ctx, model, "fine_tune")
 
 
 def _complete_phase(ctx: _Context, model: keras.Model, phase: str) -> None:
     """Saves the phase's final weights, then marks it complete (in that order)."""
     state = ctx.phase(phase)
-    state["wall_time_s"] = ctx.phase_time(phase)
+    ctx.update_times(phase)
     ctx.run.save_weights(model, phase)
     state["complete"] = True
     ctx.save()

@@ -91,6 +91,7 @@ def tiny_config(weights: str | None, **overrides) -> training.TrainConfig:
     values = dict(
         backbone="mobilenet", alpha=0.25, weights=weights, batch_size=16, epochs=3, fine_tune_epochs=2,
         learning_rate=1e-2, fine_tune_learning_rate=1e-4, augment=False, verbose=0, tensorboard_images_every=0,
+        early_stopping_patience=0,
     )
     values.update(overrides)
     return training.TrainConfig(**values)
@@ -222,6 +223,8 @@ def test_two_phase_run_learns_logs_and_saves(backbone_weights, tmp_path):
         assert set(metrics["phases"][phase]["final"]) == {"train", "val"}
         assert 0.0 <= metrics["phases"][phase]["final"]["train"]["accuracy"] <= 1.0
     assert metrics["phases"]["head"]["cached_features"] is True
+    for phase in ("head", "fine_tune"):  # what the pictures cost is measured, and part of the phase's time
+        assert 0 < metrics["phases"][phase]["tensorboard_images_s"] < metrics["phases"][phase]["wall_time_s"]
     assert metrics["phases"]["head"]["feature_extraction_s"] > 0
     assert set(metrics["per_class_val_accuracy"]) == set(CLASSES)
     assert np.sum(metrics["val_confusion_matrix"]) == 30
@@ -571,3 +574,43 @@ def test_pictures_are_drawn_a_few_times_per_phase_by_default():
     assert sorted(image_epochs(0, 3, None)) == [0, 1, 2]
     assert sorted(image_epochs(3, 4, 2)) == [3, 5]  # every N-th epoch of the run's axis
     assert image_epochs(0, 100, 0) == frozenset()
+
+
+def test_early_stop_decides_from_the_committed_records():
+    from keras_transfer.phases import EarlyStop
+
+    records = {10: {"val_loss": 0.5}, 11: {"val_loss": 0.4}, 12: {"val_loss": 0.45}, 13: {"val_loss": 0.41}}
+    stop = EarlyStop(2)
+    assert stop.best(records) == 11
+    assert stop.should_stop(records, 10)  # 2 epochs since the best
+    assert not EarlyStop(3).should_stop(records, 10)
+    # The starting weights compete: a phase that never beats them ends on them.
+    assert EarlyStop(2, baseline=0.3).best(records) is None
+    assert EarlyStop(4, baseline=0.3).should_stop(records, 10)  # 4 epochs (10..13) without beating 0.3
+    assert not EarlyStop(5, baseline=0.3).should_stop(records, 10)
+
+
+@pytest.mark.slow
+def test_fine_tuning_that_never_beats_the_head_stops_and_ends_on_the_head(backbone_weights, tmp_path):
+    """A ruinous learning rate: phase 2 stops after PATIENCE epochs and keeps phase 1's weights, also when resumed."""
+    data = image_data()
+    config = tiny_config(backbone_weights, epochs=3, fine_tune_epochs=6, fine_tune_learning_rate=0.5,
+                         early_stopping_patience=2, fine_tune_at=-12)
+    head_only = training.train(data, tiny_config(backbone_weights, epochs=3, fine_tune_epochs=0))
+    images, _ = synthetic_images(8, seed=9)
+    expected = head_only.model.predict(images, verbose=0)
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # killed after fine-tuning's first epoch
+        training.train(data, config, output_dir=out, callbacks=[Interrupt(4)])
+    seen = EpochsSeen()
+    result = training.train(data, config, output_dir=out, callbacks=[seen])
+    assert seen.epochs == [4]  # resumed at epoch 4; two epochs without a lower val_loss: stop
+    fine = result.metrics["phases"]["fine_tune"]
+    assert fine["epochs_done"] == 2 and fine["stopped_early"] is True and fine["ended_on_epoch"] is None
+    head_loss = result.history["head"]["val_loss"][-1]
+    assert min(result.history["fine_tune"]["val_loss"]) > head_loss
+    np.testing.assert_allclose(result.model.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kt.load_model(out / "model.keras").predict(images, verbose=0), expected,
+                               rtol=1e-5, atol=1e-5)
+    assert not list((out / "state").glob("backup_*"))
