@@ -164,6 +164,7 @@ def evaluate(
     class_names: Sequence[str],
     *,
     samples: Samples | None = None,
+    flip_average: bool = False,
 ) -> Evaluation:
     """Runs `model` once over `batches` (in the order of `labels`).
 
@@ -174,8 +175,14 @@ def evaluate(
         labels: the labels, in order.
         class_names: the class names.
         samples: images of the split to keep for pictures. Defaults to `None`.
+        flip_average: test-time augmentation: the logits are the mean of
+            those of each image and of its mirror image (inputs must be image
+            batches). Defaults to `False`.
     """
     logits = np.asarray(model.predict(batches, verbose=0), dtype=np.float32)
+    if flip_average:
+        mirrored = batches.map(lambda x, *rest: (tf.image.flip_left_right(x), *rest))
+        logits = (logits + np.asarray(model.predict(mirrored, verbose=0), dtype=np.float32)) / 2.0
     labels = np.asarray(labels, dtype=np.int64)
     if len(logits) != len(labels):
         raise ValueError(f"Expected one logit row per label. Received: {len(logits)} rows, {len(labels)} labels")

@@ -34,6 +34,101 @@ class FitOptions:
     top_k: int | None = None  # also log top-k accuracy where there are more than k classes
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of logits against integer labels smoothed by `label_smoothing`.
+
+    The target of class `k` is `(1 - s) * [k == y] + s / num_classes`, as
+    `keras.losses.CategoricalCrossentropy(label_smoothing=s)` has it for
+    one-hot labels; the labels stay integers, so the sparse accuracy metrics
+    keep working. `s = 0` is the plain sparse cross-entropy.
+
+    Args:
+        label_smoothing: `s` in [0, 1). Defaults to `0.0`.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        log_p = keras.ops.log_softmax(keras.ops.cast(y_pred, "float32"), axis=-1)
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1, 1)), "int32")
+        nll = -keras.ops.squeeze(keras.ops.take_along_axis(log_p, labels, axis=-1), axis=-1)
+        return (1.0 - self.label_smoothing) * nll - self.label_smoothing * keras.ops.mean(log_p, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimization:
+    """How a phase updates its weights: Adam (AdamW with weight decay), a schedule, the loss.
+
+    Attributes:
+        learning_rate: the (peak) learning rate.
+        schedule: `"constant"`, or `"cosine"`: linear warmup from 0 over
+            `warmup_epochs`, then cosine decay to 0 at the phase's last
+            step. Defaults to `"constant"`.
+        warmup_epochs: epochs of linear warmup (any schedule). Defaults to `0`.
+        weight_decay: decoupled weight decay (AdamW, Loshchilov & Hutter
+            2019); 0 is plain Adam. Defaults to `0.0`.
+        label_smoothing: see `SmoothedSparseCrossentropy`. Defaults to `0.0`.
+    """
+
+    learning_rate: float
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Expected schedule to be one of {SCHEDULES}. Received: schedule={self.schedule!r}")
+
+    def rate(self, *, steps_per_epoch: int, epochs: int):
+        """The learning rate: a number, or a schedule of the optimizer's step within the phase."""
+        warmup = min(self.warmup_epochs * steps_per_epoch, epochs * steps_per_epoch)
+        total = epochs * steps_per_epoch
+        if self.schedule == "constant" and not warmup:
+            return self.learning_rate
+        if self.schedule == "constant":
+            return WarmupThenConstant(self.learning_rate, warmup)
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=max(total - warmup, 1), warmup_target=self.learning_rate, warmup_steps=warmup
+        )
+
+    def optimizer(self, *, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
+        rate = self.rate(steps_per_epoch=steps_per_epoch, epochs=epochs)
+        if self.weight_decay:
+            return keras.optimizers.AdamW(rate, weight_decay=self.weight_decay)
+        return keras.optimizers.Adam(rate)
+
+    def loss(self) -> keras.losses.Loss:
+        if self.label_smoothing:
+            return SmoothedSparseCrossentropy(self.label_smoothing)
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class WarmupThenConstant(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then constant."""
+
+    def __init__(self, learning_rate: float, warmup_steps: int):
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        return self.learning_rate * keras.ops.minimum(1.0, step / float(max(self.warmup_steps, 1)))
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
 @dataclasses.dataclass(frozen=True)
 class EarlyStop:
     """Stop a phase when `monitor` has not improved for `patience` epochs; end on its best epoch.
@@ -80,7 +175,7 @@ class PhasePlan:
         val: batched validation dataset, or `None`.
         first_epoch: the phase's first epoch on the run's axis.
         epochs: epochs of the phase.
-        learning_rate: Adam learning rate.
+        optimization: optimizer, schedule and loss.
         early_stop: when to stop before `epochs`, ending on the best epoch;
             `None` runs every epoch and ends on the last.
     """
@@ -91,24 +186,47 @@ class PhasePlan:
     val: tf.data.Dataset | None
     first_epoch: int
     epochs: int
-    learning_rate: float
+    optimization: Optimization
     early_stop: EarlyStop | None = None
 
     @property
     def end_epoch(self) -> int:
         return self.first_epoch + self.epochs
 
+    def compile(self, *, jit_compile: bool = False, top_k: int | None = None) -> None:
+        """Compiles `model` with the phase's optimizer (its schedule spans the phase's steps) and loss."""
+        steps = int(self.train.cardinality())
+        if steps < 0 and (self.optimization.schedule != "constant" or self.optimization.warmup_epochs):
+            raise ValueError("A learning-rate schedule needs a training dataset of known length. "
+                             f"Received: cardinality {steps}")
+        optimizer = self.optimization.optimizer(steps_per_epoch=max(steps, 1), epochs=self.epochs)
+        compile_classifier(self.model, optimizer=optimizer, loss=self.optimization.loss(), jit_compile=jit_compile,
+                           top_k=top_k)
+
 
 def compile_classifier(
-    model: keras.Model, *, learning_rate: float, jit_compile: bool = False, top_k: int | None = None
+    model: keras.Model,
+    *,
+    optimizer: keras.optimizers.Optimizer | None = None,
+    loss: keras.losses.Loss | None = None,
+    jit_compile: bool = False,
+    top_k: int | None = None,
 ) -> None:
-    """Adam, sparse cross-entropy on logits, accuracy, and top-k accuracy where there are more than k classes."""
+    """Compiles for logits and integer labels: accuracy, and top-k accuracy where there are more than k classes.
+
+    Args:
+        model: the classifier (or its head).
+        optimizer: the optimizer. Defaults to `Adam(1e-3)`.
+        loss: the loss. Defaults to sparse cross-entropy on logits.
+        jit_compile: compile the step with XLA. Defaults to `False`.
+        top_k: also report top-k accuracy. Defaults to `None`.
+    """
     metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     if top_k is not None and top_k < int(model.outputs[0].shape[-1]):
         metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=top_k, name=f"top{top_k}_accuracy"))
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=optimizer or keras.optimizers.Adam(1e-3),
+        loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=metrics,
         jit_compile=jit_compile,
     )
@@ -188,8 +306,7 @@ def run_phase(
         FloatingPointError: the loss became NaN or infinite.
     """
     run = run or NoRunFolder()
-    compile_classifier(plan.model, learning_rate=plan.learning_rate, jit_compile=options.jit_compile,
-                       top_k=options.top_k)
+    plan.compile(jit_compile=options.jit_compile, top_k=options.top_k)
     records, backup = run.load_history(plan.name)
     start = plan.first_epoch
     stop = plan.early_stop
@@ -212,7 +329,7 @@ def run_phase(
             shuffle=False,  # the datasets shuffle themselves, reproducibly
             verbose=options.verbose,
         )
-    check_finite(plan.name, records, plan.learning_rate)
+    check_finite(plan.name, records, plan.optimization.learning_rate)
     if stop is not None and records:
         best = stop.best(records)
         if best != max(records) and (best is not None or stop.baseline is not None):
@@ -311,6 +428,7 @@ def fit_head_on_features(
     val_labels: np.ndarray | None = None,
     epochs: int = 100,
     learning_rate: float = 1e-3,
+    label_smoothing: float = 0.0,
     batch_size: int = 32,
     seed: int = 0,
     options: FitOptions | None = None,
@@ -332,6 +450,7 @@ def fit_head_on_features(
         val_labels: validation labels. Defaults to `None`.
         epochs: epochs. Defaults to `100`.
         learning_rate: Adam learning rate. Defaults to `1e-3`.
+        label_smoothing: see `SmoothedSparseCrossentropy`. Defaults to `0.0`.
         batch_size: batch size. Defaults to `32`.
         seed: shuffling seed. Defaults to `0`.
         options: how the phase runs. Defaults to `FitOptions(verbose=0)`.
@@ -354,7 +473,7 @@ def fit_head_on_features(
         val=val,
         first_epoch=first_epoch,
         epochs=epochs,
-        learning_rate=learning_rate,
+        optimization=Optimization(learning_rate, label_smoothing=label_smoothing),
     )
     return run_phase(plan, options=options or FitOptions(verbose=0), run=run, callbacks=callbacks,
                      on_commit=on_commit)

@@ -111,10 +111,19 @@ class TrainConfig:
                                                   "third of the backbone's layers)")
     learning_rate: float = setting(1e-3, kind=Real(min=0, min_open=True), group="training",
                                    help="Adam learning rate of phase 1")
+    label_smoothing: float = setting(0.0, kind=Real(min=0, max=1, max_open=True), group="training",
+                                     help="label smoothing of the cross-entropy in both phases (0: none)")
     fine_tune_learning_rate: float | None = setting(None, kind=Optional(Real(min=0, min_open=True)),
                                                     group="training",
                                                     help="Adam learning rate of phase 2 (default: "
                                                          "--learning-rate / 100, as keras.io's guide)")
+    fine_tune_schedule: str = setting("constant", kind=Choice(phases.SCHEDULES), group="training",
+                                      help="learning rate of phase 2 over its steps: constant, or cosine decay "
+                                           "to 0 at its last epoch (after --warmup-epochs)")
+    warmup_epochs: int = setting(0, kind=Int(min=0), group="training",
+                                 help="phase 2 starts with this many epochs of linear warmup from 0")
+    weight_decay: float = setting(0.0, kind=Real(min=0), group="training",
+                                  help="decoupled weight decay of phase 2 (AdamW; 0: Adam)")
     train_batchnorm: bool = setting(False, kind=Flag(), group="training",
                                     help="also train BatchNormalization scale and offset in phase 2 (their "
                                          "moving statistics never change)")
@@ -153,6 +162,10 @@ class TrainConfig:
                                                         "epochs (0: never; default: 4 times per phase, its last "
                                                         "epoch included). A phase that runs the backbone on "
                                                         "images draws them from 256 validation images")
+    flip_test: bool = setting(False, kind=Flag(), fingerprint=False, group="output",
+                              help="also report the final accuracy with test-time flip averaging (the mean of the "
+                                   "logits of each image and of its mirror image) in metrics.json's "
+                                   "final_flip_averaged; costs one more pass over each split")
     top_k: int = setting(3, kind=Int(min=1), fingerprint=False, group="output", metavar="K",
                          help="also report top-K accuracy (per epoch and at the end) when there are more than "
                               "K classes")
@@ -574,7 +587,8 @@ def _head_on_cached_features(ctx: _Context, model: keras.Model, splits: _Splits)
     records = phases.fit_head_on_features(
         model, fit_x, fit_y,
         val_features=features.get("val_x"), val_labels=features.get("val_y"),
-        epochs=ctx.config.epochs, learning_rate=ctx.config.learning_rate, batch_size=ctx.config.batch_size,
+        epochs=ctx.config.epochs, learning_rate=ctx.config.learning_rate,
+        label_smoothing=ctx.config.label_smoothing, batch_size=ctx.config.batch_size,
         seed=ctx.config.seed, options=_fit_options(ctx), run=ctx.run,
         callbacks=[*_image_callbacks(ctx, splits, "head", first_epoch=0, epochs=ctx.config.epochs, features=val_batches),
                    *ctx.callbacks],
@@ -603,7 +617,8 @@ def _head_on_frozen_backbone(ctx: _Context, model: keras.Model, splits: _Splits)
     ctx.say(f"Phase 1: head on the frozen backbone, {ctx.config.epochs} epochs "
             f"(learning rate {ctx.config.learning_rate:g}).")
     plan = phases.PhasePlan("head", model, splits.train, splits.ordered.get("val"), 0, ctx.config.epochs,
-                            ctx.config.learning_rate, early_stop=_early_stop(ctx, splits))
+                            phases.Optimization(ctx.config.learning_rate, label_smoothing=ctx.config.label_smoothing),
+                            early_stop=_early_stop(ctx, splits))
     records = phases.run_phase(
         plan, options=_fit_options(ctx), run=ctx.run,
         callbacks=[*_image_callbacks(ctx, splits, "head", first_epoch=0, epochs=ctx.config.epochs), *ctx.callbacks],
@@ -674,8 +689,11 @@ def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_e
     trainable = unfreeze_for_fine_tuning(model, ctx.config.fine_tune_at, train_batchnorm=ctx.config.train_batchnorm)
     ctx.say(f"Phase 2: fine-tuning {trainable} backbone layers with weights, "
             f"{ctx.config.fine_tune_epochs} epochs (learning rate {lr:g}).")
+    optimization = phases.Optimization(lr, schedule=ctx.config.fine_tune_schedule,
+                                       warmup_epochs=ctx.config.warmup_epochs, weight_decay=ctx.config.weight_decay,
+                                       label_smoothing=ctx.config.label_smoothing)
     plan = phases.PhasePlan("fine_tune", model, splits.train, splits.ordered.get("val"), first_epoch,
-                            ctx.config.fine_tune_epochs, lr,
+                            ctx.config.fine_tune_epochs, optimization,
                             early_stop=_early_stop(ctx, splits, baseline=_head_val_loss(ctx)))
     records = phases.run_phase(
         plan, options=_fit_options(ctx), run=ctx.run,
@@ -757,8 +775,17 @@ def _calibrate(ctx: _Context, model: keras.Model, evaluations: dict[str, Evaluat
     return evaluations, info
 
 
+def _flip_averaged(ctx: _Context, model: keras.Model, splits: _Splits) -> dict[str, dict[str, float]]:
+    """Summaries of the splits with test-time flip averaging (the model as saved, calibrated or not)."""
+    return {
+        name: eval_lib.evaluate(model, splits.ordered[name], splits.labels[name], ctx.class_names,
+                                flip_average=True).summary(top_k=ctx.config.top_k)
+        for name in splits.ordered
+    }
+
+
 def _metrics(ctx: _Context, evaluations: Mapping[str, Evaluation], history, fine_tune_start,
-             calibration_info: Mapping[str, Any]) -> dict[str, Any]:
+             calibration_info: Mapping[str, Any], flipped: Mapping[str, Any] | None) -> dict[str, Any]:
     phases_out = {}
     for phase in PHASES:
         info = {k: v for k, v in ctx.phase(phase).items() if k != "complete"}
@@ -772,6 +799,7 @@ def _metrics(ctx: _Context, evaluations: Mapping[str, Evaluation], history, fine
         "phases": phases_out,
         "fine_tune_start_epoch": fine_tune_start,
         "final": {name: e.summary(top_k=ctx.config.top_k) for name, e in evaluations.items()},
+        "final_flip_averaged": flipped,
         "calibration": calibration_info,
         "linear_probe": ctx.phase("head").get("linear_probe"),
         "per_class_val_accuracy": val.per_class_accuracy if val is not None else None,
@@ -795,7 +823,7 @@ def _finish(ctx: _Context, model: keras.Model, metrics: Mapping[str, Any]) -> No
     # So that load_model(compile=True) restores the optimizer instead of
     # warning about the variables of one that never took a step.
     if getattr(model, "optimizer", None) is None:
-        phases.compile_classifier(model, learning_rate=ctx.config.learning_rate)
+        phases.compile_classifier(model)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     ctx.run.write_outputs(model, ctx.class_names, metrics)
@@ -903,9 +931,10 @@ def _train_in(run: RunFolder, data, config: TrainConfig, strategy, callbacks, ru
         _fine_tune_phase(ctx, model, splits, head_epochs)
         evaluations = _final_evaluations(ctx, model, splits)
         evaluations, calibration_info = _calibrate(ctx, model, evaluations)
+        flipped = _flip_averaged(ctx, model, splits) if config.flip_test else None
     history = _history(ctx)
     fine_tune_start = head_epochs if config.fine_tune_epochs > 0 else None
-    metrics = _metrics(ctx, evaluations, history, fine_tune_start, calibration_info)
+    metrics = _metrics(ctx, evaluations, history, fine_tune_start, calibration_info, flipped)
     _finish(ctx, model, metrics)
     return TrainResult(model=model, class_names=ctx.class_names, history=history, fine_tune_start=fine_tune_start,
                        metrics=jsonable(metrics), evaluation=evaluations.get("val"), output_dir=run.root)

@@ -614,3 +614,74 @@ def test_fine_tuning_that_never_beats_the_head_stops_and_ends_on_the_head(backbo
     np.testing.assert_allclose(kt.load_model(out / "model.keras").predict(images, verbose=0), expected,
                                rtol=1e-5, atol=1e-5)
     assert not list((out / "state").glob("backup_*"))
+
+
+# ---------------------------------------------------------------------------
+# Fine-tuning levers: schedule, warmup, weight decay, label smoothing, flip averaging.
+
+
+def test_learning_rate_schedules_have_the_documented_values():
+    from keras_transfer.phases import Optimization
+
+    cosine = Optimization(1e-3, schedule="cosine", warmup_epochs=1).rate(steps_per_epoch=10, epochs=5)
+    values = [float(cosine(step)) for step in (0, 5, 10, 30, 50)]
+    # Linear warmup over the first epoch, then cosine from the peak to 0 at the last step.
+    np.testing.assert_allclose(values, [0.0, 5e-4, 1e-3, 1e-3 * (1 + np.cos(np.pi * 20 / 40)) / 2, 0.0], atol=1e-9)
+    warm = Optimization(1e-3, warmup_epochs=2).rate(steps_per_epoch=10, epochs=5)
+    np.testing.assert_allclose([float(warm(s)) for s in (0, 10, 20, 45)], [0, 5e-4, 1e-3, 1e-3], atol=1e-9)
+    assert Optimization(1e-3).rate(steps_per_epoch=10, epochs=5) == 1e-3
+    assert isinstance(Optimization(1e-3, weight_decay=0.05).optimizer(steps_per_epoch=1, epochs=1),
+                      keras.optimizers.AdamW)
+    with pytest.raises(ValueError, match="Received: schedule='linear'"):
+        Optimization(1e-3, schedule="linear")
+
+
+def test_label_smoothing_matches_keras_on_one_hot_targets():
+    from keras_transfer.phases import SmoothedSparseCrossentropy
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (16, 5)).astype("float32")
+    labels = rng.integers(0, 5, 16)
+    ours = SmoothedSparseCrossentropy(0.1)(labels, logits)
+    keras_loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)
+    np.testing.assert_allclose(float(ours), float(keras_loss(np.eye(5)[labels], logits)), rtol=1e-5)
+    plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+    np.testing.assert_allclose(float(SmoothedSparseCrossentropy(0.0)(labels, logits)), float(plain), rtol=1e-5)
+
+
+def test_flip_averaged_logits_are_the_mean_of_the_image_and_its_mirror(backbone_weights):
+    from keras_transfer import evaluation as eval_lib
+
+    model = kt.build_classifier("mobilenet", alpha=0.25, num_classes=3, image_size=SIZE, weights=backbone_weights)
+    dense = model.get_layer("logits")
+    dense.kernel.assign(np.random.default_rng(0).normal(0, 0.1, dense.kernel.shape).astype("float32"))
+    images, labels = synthetic_images(10, seed=5)
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    result = eval_lib.evaluate(model, batches, labels, CLASSES, flip_average=True)
+    plain, mirror = (model.predict(x, verbose=0) for x in (images, images[:, :, ::-1]))
+    assert not np.allclose(plain, mirror)
+    np.testing.assert_allclose(result.logits, (plain + mirror) / 2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_levers_are_recorded_resumable_and_saved(backbone_weights, tmp_path):
+    """Cosine with warmup, AdamW and label smoothing: the learning rate per epoch follows the schedule across a
+    resumption, flip-averaged accuracy is reported, and the saved model loads with its optimizer and loss."""
+    from keras_transfer.phases import Optimization
+
+    data = image_data()
+    config = tiny_config(backbone_weights, epochs=2, fine_tune_epochs=3, fine_tune_schedule="cosine",
+                         warmup_epochs=1, weight_decay=0.01, label_smoothing=0.1, fine_tune_learning_rate=1e-3,
+                         flip_test=True)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        training.train(data, config, output_dir=out, callbacks=[Interrupt(3)])  # after fine-tuning's first epoch
+    result = training.train(data, config, output_dir=out)
+    steps = 3  # 48 training images in batches of 16
+    schedule = Optimization(1e-3, schedule="cosine", warmup_epochs=1).rate(steps_per_epoch=steps, epochs=3)
+    expected = [float(schedule(steps * (i + 1))) for i in range(3)]  # the rate after each epoch's last step
+    np.testing.assert_allclose(result.history["fine_tune"]["learning_rate"], expected, rtol=1e-5, atol=1e-9)
+    assert result.metrics["final_flip_averaged"]["val"]["accuracy"] >= 0.8
+    loaded = kt.load_model(out / "model.keras", compile=True)
+    assert isinstance(loaded.optimizer, keras.optimizers.AdamW)
+    assert loaded.loss.label_smoothing == pytest.approx(0.1)
