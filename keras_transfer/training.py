@@ -311,6 +311,8 @@ class _Context:
     records: dict[str, dict[int, dict[str, float]]] = dataclasses.field(default_factory=dict)
     clocks: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     pictures: dict[str, tuple[float, monitoring.ValidationImages]] = dataclasses.field(default_factory=dict)
+    # Phase 1's evaluations on cached features, made in this session.
+    head_evaluations: dict[str, Evaluation] = dataclasses.field(default_factory=dict)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -596,10 +598,13 @@ def _head_on_cached_features(ctx: _Context, model: keras.Model, splits: _Splits)
     )
     head = models_lib.head(model)
     train_in_order = phases.feature_batches(features["train_x"], features["train_y"], batch_size=ctx.config.batch_size)
-    top_k = ctx.config.top_k
-    final = {"train": eval_lib.evaluate(head, train_in_order, features["train_y"], ctx.class_names).summary(top_k=top_k)}
+    # The classifier's own logits, from the cached features (no image pass):
+    # the final evaluations reuse them when the run ends on these weights.
+    ctx.head_evaluations = {"train": eval_lib.evaluate(head, train_in_order, features["train_y"], ctx.class_names)}
     if val_batches is not None:
-        final["val"] = eval_lib.evaluate(head, val_batches, features["val_y"], ctx.class_names).summary(top_k=top_k)
+        ctx.head_evaluations["val"] = eval_lib.evaluate(head, val_batches, features["val_y"], ctx.class_names,
+                                                        samples=splits.samples)
+    final = {name: e.summary(top_k=ctx.config.top_k) for name, e in ctx.head_evaluations.items()}
     return {"records": records, "final": final}
 
 
@@ -731,9 +736,16 @@ def _evaluate_split(ctx: _Context, model: keras.Model, splits: _Splits, name: st
     return eval_lib.evaluate(model, splits.ordered[name], splits.labels[name], ctx.class_names, samples=samples)
 
 
+def _ends_on_head(ctx: _Context) -> bool:
+    """Whether the model ends with the weights phase 1 left (no fine-tuning, or none that beat it)."""
+    fine = ctx.phase("fine_tune")
+    return ctx.config.fine_tune_epochs == 0 or ("ended_on_epoch" in fine and fine["ended_on_epoch"] is None)
+
+
 def _final_evaluations(ctx: _Context, model: keras.Model, splits: _Splits) -> dict[str, Evaluation]:
     t0 = time.perf_counter()
-    evaluations = {name: _evaluate_split(ctx, model, splits, name) for name in splits.ordered}
+    reused = ctx.head_evaluations if _ends_on_head(ctx) else {}
+    evaluations = {name: reused.get(name) or _evaluate_split(ctx, model, splits, name) for name in splits.ordered}
     ctx.state.setdefault("timings", {})["final_evaluation_s"] = time.perf_counter() - t0
     if ctx.config.fine_tune_epochs > 0:
         ctx.phase("fine_tune")["final"] = {n: e.summary(top_k=ctx.config.top_k) for n, e in evaluations.items()

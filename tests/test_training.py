@@ -497,6 +497,10 @@ def test_linear_probe_reference_on_the_same_split(backbone_weights):
     probe = result.metrics["linear_probe"]
     assert probe["val_accuracy"] >= 0.9 and probe["train_accuracy"] >= 0.9
     assert result.metrics["phases"]["head"]["linear_probe"] == probe
+    # Ending on phase 1's weights, the final evaluations are phase 1's own (from the cached features).
+    assert result.metrics["final"]["val"] == result.metrics["phases"]["head"]["final"]["val"]
+    np.testing.assert_allclose(result.evaluation.logits, result.model.predict(synthetic_images(30, seed=2)[0],
+                                                                              verbose=0), rtol=1e-4, atol=1e-5)
 
 
 class TrainSteps(keras.callbacks.Callback):
