@@ -4,9 +4,10 @@ Pretrained Keras Applications backbones wrapped in functional classifiers that
 take RGB pixels in [0, 255]; two-phase training (head on cached features, then
 fine-tuning); class visualization and adversarial examples on any classifier.
 
-Submodules: `backbones`, `layers`, `models`, `data`, `training`, `probe`,
-`visualization`, `adversarial`, `classes`, `imagenet`, `plotting`, and the
-command lines in `experiments`.
+Submodules: `backbones`, `layers`, `models`, `data`, `training`, `phases`,
+`evaluation`, `calibration`, `inference`, `export`, `probe`, `visualization`,
+`adversarial`, `classes`, `imagenet`, `plotting`, and the command lines in
+`experiments`.
 """
 
 from keras_transfer._downloads import DatasetUnavailableError, WeightsUnavailableError
@@ -20,7 +21,10 @@ from keras_transfer.adversarial import (
     robust_accuracy,
 )
 from keras_transfer.backbones import available_backbones, build_backbone, get_backbone_spec
+from keras_transfer.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from keras_transfer.data import load_cats_vs_dogs, load_folder, load_oxford_pets
+from keras_transfer.export import export_saved_model, export_tflite
+from keras_transfer.inference import LoadedImages, Predictions, load_images, predict, score
 from keras_transfer.layers import (
     FeatureStandardization,
     ImagePreprocessing,
@@ -47,24 +51,34 @@ __all__ = [
     "ImagePreprocessing",
     "InferenceBackbone",
     "LessonAttack",
+    "LoadedImages",
     "Misclassification",
     "PGD",
+    "Predictions",
     "TargetedMisclassification",
     "TrainConfig",
     "VisualizationConfig",
     "WeightsUnavailableError",
+    "apply_temperature",
     "available_backbones",
     "build_augmentation",
     "build_backbone",
     "build_classifier",
     "build_imagenet_classifier",
+    "expected_calibration_error",
+    "export_saved_model",
+    "export_tflite",
+    "fit_temperature",
     "freeze_backbone",
     "get_backbone_spec",
     "load_cats_vs_dogs",
     "load_folder",
+    "load_images",
     "load_model",
     "load_oxford_pets",
+    "predict",
     "robust_accuracy",
+    "score",
     "train",
     "unfreeze_backbone",
     "visualize_classes",

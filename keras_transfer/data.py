@@ -115,7 +115,7 @@ class _DataDirNotADirectoryError(NotADirectoryError, ValueError):
     """`data_dir` is a file (a `ValueError` too, as it was before)."""
 
 
-def _check_resize_args(image_size, resize) -> None:
+def check_resize_args(image_size, resize) -> None:
     _IMAGE_SIZE.check("image_size", image_size)
     _RESIZE.check("resize", resize)
 
@@ -134,7 +134,7 @@ def _cache_setting(cache) -> bool | str:
 
 def _check_loader_args(image_size, resize, val_split, cache, seed) -> bool | str:
     """Checks the arguments every loader takes; returns `cache` as `_cache_setting`."""
-    _check_resize_args(image_size, resize)
+    check_resize_args(image_size, resize)
     _check_split_args(val_split, seed)
     return _cache_setting(cache)
 
@@ -293,7 +293,7 @@ def decode_for_size(contents: tf.Tensor, *, image_size: int, resize: str = "stre
     Returns:
         uint8 tensor `[height, width, 3]`.
     """
-    _check_resize_args(image_size, resize)
+    check_resize_args(image_size, resize)
 
     def jpeg():
         shape = tf.io.extract_jpeg_shape(contents)
@@ -356,7 +356,7 @@ def resize_image(image: tf.Tensor, *, image_size: int, resize: str = "stretch") 
     Returns:
         uint8 tensor `[image_size, image_size, 3]`.
     """
-    _check_resize_args(image_size, resize)
+    check_resize_args(image_size, resize)
     image = tf.convert_to_tensor(image)
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
@@ -384,7 +384,7 @@ def _decode_and_resize(contents: tf.Tensor, image_size: int, resize: str) -> tf.
     return resize_image(image, image_size=image_size, resize=resize)
 
 
-def _decoded_images(
+def decoded_images(
     paths: Sequence[str], *, image_size: int, resize: str
 ) -> tf.data.Dataset:
     """`(index, image)` for every path that decodes, in path order."""
@@ -416,7 +416,7 @@ def _log_listing(headline: str, lines: Sequence[str], total: int) -> None:
     logger.warning("%s:\n%s%s", headline, "\n".join(f"  {line}" for line in lines), more)
 
 
-def _log_skips(skipped: Sequence[str], *, root: str | None) -> None:
+def log_skips(skipped: Sequence[str], *, root: str | None) -> None:
     if not skipped:
         return
     shown = [f"{name}: {_why_undecodable(os.path.join(root, name) if root else name)}" for name in skipped[:10]]
@@ -447,19 +447,19 @@ def load_image_files(
         image_size, 3]` in the order of `paths`, the paths that decoded, and
         those that could not be read or decoded (a warning names them).
     """
-    _check_resize_args(image_size, resize)
+    check_resize_args(image_size, resize)
     paths = [os.fspath(p) for p in paths]
     if not paths:
         return np.zeros((0, image_size, image_size, 3), np.uint8), [], []
     kept_indices, batches = [], []
-    for indices, images in _decoded_images(paths, image_size=image_size, resize=resize).batch(256):
+    for indices, images in decoded_images(paths, image_size=image_size, resize=resize).batch(256):
         kept_indices.extend(indices.numpy().tolist())
         batches.append(images.numpy())
     images = np.concatenate(batches) if batches else np.zeros((0, image_size, image_size, 3), np.uint8)
     kept_set = set(kept_indices)
     kept = [paths[i] for i in kept_indices]
     skipped = [p for i, p in enumerate(paths) if i not in kept_set]
-    _log_skips(skipped, root=None)
+    log_skips(skipped, root=None)
     return images, kept, skipped
 
 
@@ -547,7 +547,7 @@ def _file_pool(
     paths: Sequence[str], labels: Sequence[int], *, image_size: int, resize: str, cache, tag: str
 ) -> _Pool:
     labels_t = tf.constant(np.asarray(labels, np.int32))
-    examples = _decoded_images(paths, image_size=image_size, resize=resize).map(
+    examples = decoded_images(paths, image_size=image_size, resize=resize).map(
         lambda i, image: (i, image, tf.gather(labels_t, i))
     )
     key = "" if isinstance(cache, bool) else _cache_key(tag, image_size, resize, paths)
@@ -677,7 +677,7 @@ def _not_an_image_extension(name: str) -> str:
     return f"extension {extension!r} is not one of {IMAGE_EXTENSIONS}" if extension else "no file extension"
 
 
-def _check_dir(data_dir, expected: str) -> str:
+def check_dir(data_dir, expected: str) -> str:
     """The absolute path of the folder `data_dir`.
 
     Raises:
@@ -696,7 +696,7 @@ def _check_dir(data_dir, expected: str) -> str:
     return os.path.abspath(path)
 
 
-_FOLDER_LAYOUT = "a folder with one subfolder of images per class, at least 2 of them (root/<class>/<image>)"
+FOLDER_LAYOUT = "a folder with one subfolder of images per class, at least 2 of them (root/<class>/<image>)"
 
 
 def load_folder(
@@ -743,8 +743,8 @@ def load_folder(
             is undecodable.
     """
     cache = _check_loader_args(image_size, resize, val_split, cache, seed)
-    root = _check_dir(data_dir, _FOLDER_LAYOUT)
-    class_names, paths, labels, ignored = _list_class_folders(root)
+    root = check_dir(data_dir, FOLDER_LAYOUT)
+    class_names, paths, labels, ignored = list_class_folders(root)
     return _load_files(
         source=f"folder:{root}",
         root=root,
@@ -761,7 +761,7 @@ def load_folder(
     )
 
 
-def _list_class_folders(root: str) -> tuple[list[str], list[str], list[int], list[tuple[str, str]]]:
+def list_class_folders(root: str) -> tuple[list[str], list[str], list[int], list[tuple[str, str]]]:
     """`(class_names, paths, labels, ignored)` of a class-per-folder tree.
 
     `ignored` holds `(path relative to root, why)` of the files not decoded.
@@ -773,13 +773,13 @@ def _list_class_folders(root: str) -> tuple[list[str], list[str], list[int], lis
     ignored = [(e, "a file beside the class folders") for e in entries if e not in folders]
     paths, labels = [], []
     for label, name in enumerate(class_names):
-        images, others = _class_files(root, name)
+        images, others = class_files(root, name)
         ignored += others
         if not images:
             raise ValueError(
                 f"Class folder {os.path.join(root, name)!r} contains no image files "
                 f"(extensions {IMAGE_EXTENSIONS}; it holds {len(others)} other file(s), e.g. "
-                f"{[path for path, _ in others[:3]]}). Expected {_FOLDER_LAYOUT}."
+                f"{[path for path, _ in others[:3]]}). Expected {FOLDER_LAYOUT}."
             )
         paths += images
         labels += [label] * len(images)
@@ -788,20 +788,20 @@ def _list_class_folders(root: str) -> tuple[list[str], list[str], list[int], lis
 
 def _check_class_folders(root: str, entries: Sequence[str], class_names: Sequence[str]) -> None:
     if not entries:
-        raise ValueError(f"The data folder {root!r} is empty. Expected {_FOLDER_LAYOUT}.")
+        raise ValueError(f"The data folder {root!r} is empty. Expected {FOLDER_LAYOUT}.")
     if not class_names:
         raise ValueError(
             f"Found no class subfolders in {root!r}: it holds {len(entries)} file(s), e.g. "
-            f"{list(entries[:3])}. Expected {_FOLDER_LAYOUT}."
+            f"{list(entries[:3])}. Expected {FOLDER_LAYOUT}."
         )
     if len(class_names) < 2:
         raise ValueError(
             f"Found only one class folder, {class_names[0]!r}, in {root!r}: a classifier needs at least "
-            f"2 classes. Expected {_FOLDER_LAYOUT}."
+            f"2 classes. Expected {FOLDER_LAYOUT}."
         )
 
 
-def _class_files(root: str, name: str) -> tuple[list[str], list[tuple[str, str]]]:
+def class_files(root: str, name: str) -> tuple[list[str], list[tuple[str, str]]]:
     """The image files under `root/name` (recursively, sorted) and the ignored `(path, why)`."""
     images, ignored = [], []
     for folder, dirs, files in os.walk(os.path.join(root, name), followlinks=True):
@@ -836,7 +836,7 @@ def _load_files(
         test_pool = _file_pool(*test, image_size=image_size, resize=resize, cache=cache, tag="test")
         skipped += [os.path.relpath(test[0][i], root) for i in test_pool.skipped]
     logger.info("Decoded %s in %.1f s", source, time.perf_counter() - started)
-    _log_skips(skipped, root=root)
+    log_skips(skipped, root=root)
     _log_ignored(ignored)
     return _assemble(
         source=source,
@@ -903,7 +903,7 @@ def _read_annotations(path: str) -> dict[str, int]:
 
 
 def _load_oxford_folder(data_dir, *, image_size, val_split, seed, resize, cache, target) -> ImageData:
-    root = _check_dir(data_dir, _OXFORD_LAYOUT)
+    root = check_dir(data_dir, _OXFORD_LAYOUT)
     images_dir = os.path.join(root, "images")
     if not os.path.isdir(images_dir):
         raise ValueError(f"Found no images/ folder in {root!r}. Expected {_OXFORD_LAYOUT}.")

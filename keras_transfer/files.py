@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -45,6 +46,36 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary sibling folder to fill; it replaces `path` when the block succeeds.
+
+    A kill at any instant leaves the previous `path` (or none) or the new
+    one, never half of one; the temporary names match `is_temporary`. The
+    caller decides whether an existing `path` may be replaced.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.dirname(path), os.path.basename(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    try:
+        yield tmp
+        for folder, _, names in os.walk(tmp):
+            for file_name in names:
+                _fsync(os.path.join(folder, file_name))
+        if os.path.exists(path):
+            # Rename the earlier folder aside (onto an empty folder, which
+            # rename allows), the new one in, then drop the old one.
+            old = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
