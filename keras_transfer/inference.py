@@ -243,7 +243,9 @@ class Predictions:
             "count": len(self),
             "accuracy": evaluation.accuracy,
             "top_k": self.top_k,
-            "top_k_accuracy": evaluation.top_k_accuracy(self.top_k),
+            # Top-k of all the classes is 1 whatever the model: not reported.
+            "top_k_accuracy": (evaluation.top_k_accuracy(self.top_k)
+                               if self.top_k < len(self.class_names) else None),
             "per_class_accuracy": {
                 name: value for name, value in evaluation.per_class_accuracy.items() if value is not None
             },

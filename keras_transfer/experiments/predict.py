@@ -198,10 +198,9 @@ def _report(summary: dict, config: PredictConfig, seconds: float) -> None:
         if counts["predicted"] > _PRINTED_ROWS:
             print(f"  ... and {counts['predicted'] - _PRINTED_ROWS} more in the CSV")
     else:
-        print(
-            f"accuracy {metrics['accuracy']:.4f}, top-{metrics['top_k']} accuracy {metrics['top_k_accuracy']:.4f} "
-            f"on {metrics['count']} images"
-        )
+        top_k = metrics["top_k_accuracy"]
+        top_k = f", top-{metrics['top_k']} accuracy {top_k:.4f}" if top_k is not None else ""
+        print(f"accuracy {metrics['accuracy']:.4f}{top_k} on {metrics['count']} images")
         per_class = ", ".join(f"{name} {value:.4f}" for name, value in metrics["per_class_accuracy"].items())
         print(f"per-class accuracy: {per_class}")
         print("confusion matrix (rows: true class, columns: predicted):")
