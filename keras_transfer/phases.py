@@ -266,6 +266,39 @@ class EpochCommit(keras.callbacks.Callback):
             self.on_commit()
 
 
+class StepLearningRate(keras.callbacks.Callback):
+    """Writes the learning rate of every step (a schedule's shape) to TensorBoard as `step_learning_rate`.
+
+    The step axis continues across phases: a phase starting at epoch `e`
+    of the run counts its steps from `e * steps_per_epoch`.
+
+    Args:
+        log_dir: the TensorBoard run folder (e.g. `tensorboard/train`).
+        first_epoch: the phase's first epoch on the run's axis. Defaults to `0`.
+    """
+
+    def __init__(self, log_dir: str, *, first_epoch: int = 0):
+        super().__init__()
+        self.log_dir = log_dir
+        self.first_epoch = first_epoch
+        self._writer = None
+        self._offset = 0
+
+    def on_train_begin(self, logs=None):
+        self._writer = tf.summary.create_file_writer(self.log_dir)
+        self._offset = self.first_epoch * int(self.params.get("steps") or 0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        optimizer = self.model.optimizer
+        step = self._offset + int(optimizer.iterations.numpy())
+        with self._writer.as_default():
+            tf.summary.scalar("step_learning_rate", float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+                              step=step)
+
+    def on_train_end(self, logs=None):
+        self._writer.close()
+
+
 class _StopWhenNoBetter(keras.callbacks.Callback):
     """Ends `fit` once the committed records say so (`EarlyStop.should_stop`)."""
 
@@ -343,6 +376,8 @@ def _callbacks(plan, options, run, records, extra, on_commit) -> list[keras.call
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     if options.tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=options.tensorboard_dir, write_graph=False))
+        if plan.optimization.rate(steps_per_epoch=1, epochs=1) != plan.optimization.learning_rate:
+            callbacks.append(StepLearningRate(f"{options.tensorboard_dir}/train", first_epoch=plan.first_epoch))
     callbacks.extend(extra)
     callbacks.append(EpochCommit(plan.name, records, run, on_commit=on_commit, early_stop=plan.early_stop,
                                  first_epoch=plan.first_epoch))

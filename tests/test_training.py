@@ -685,6 +685,10 @@ def test_levers_are_recorded_resumable_and_saved(backbone_weights, tmp_path):
     schedule = Optimization(1e-3, schedule="cosine", warmup_epochs=1).rate(steps_per_epoch=steps, epochs=3)
     expected = [float(schedule(steps * (i + 1))) for i in range(3)]  # the rate after each epoch's last step
     np.testing.assert_allclose(result.history["fine_tune"]["learning_rate"], expected, rtol=1e-5, atol=1e-9)
+    # Every step's rate in TensorBoard, on a step axis that continues after phase 1's 2 epochs of 3 steps.
+    per_step = read_events(str(out / "tensorboard" / "train"))["step_learning_rate"]
+    assert sorted(per_step) == list(range(7, 16))
+    assert per_step[9] == pytest.approx(1e-3) and per_step[8] == pytest.approx(2e-3 / 3)
     assert result.metrics["final_flip_averaged"]["val"]["accuracy"] >= 0.8
     loaded = kt.load_model(out / "model.keras", compile=True)
     assert isinstance(loaded.optimizer, keras.optimizers.AdamW)
