@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from keras_transfer import evaluation as eval_lib
 
-IMAGES_PER_PHASE = 4  # pictures per phase by default
+IMAGES_PER_PHASE = 3  # pictures per phase by default (each costs ~1-3 s of matplotlib)
 MONITOR_IMAGES = 256  # validation images evaluated for the pictures of a phase that runs on images
 TENSORBOARD_DPI = 50
 

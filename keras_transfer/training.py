@@ -159,7 +159,7 @@ class TrainConfig:
     tensorboard_images_every: int | None = setting(None, kind=Optional(Int(min=0)), fingerprint=False,
                                                    group="output", metavar="N",
                                                    help="TensorBoard confusion matrix and prediction grid every N "
-                                                        "epochs (0: never; default: 4 times per phase, its last "
+                                                        "epochs (0: never; default: 3 times per phase, its last "
                                                         "epoch included). A phase that runs the backbone on "
                                                         "images draws them from 256 validation images")
     flip_test: bool = setting(False, kind=Flag(), fingerprint=False, group="output",
