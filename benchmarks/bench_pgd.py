@@ -10,10 +10,18 @@ one batch at a time.
 
 Both are timed after a warm-up run (tracing excluded), in alternating
 repeats; the median time is reported, as wall time and as the process's CPU
-time (which other programs on a shared machine disturb less). Success rates are printed as floats
-(as returned) and after rounding to uint8 (as saved). Ours runs twice:
-`quantize=False` (float output, like CleverHans) and `quantize=True` (the
-default: uint8 output, success judged after rounding).
+time (which other programs on a shared machine disturb less). Success rates
+are printed as floats (as returned) and after rounding to uint8 (as saved).
+Ours runs with `quantize=False` (float output, like CleverHans) and
+`quantize=True` (the default: uint8 output, success judged after rounding).
+
+Work is counted as well as time: gradient evaluations per image and per
+second (ours stops each image at its first success; CleverHans always runs
+every step), and each run's fraction of the ceiling: the bare compiled
+forward + backward pass of the same logits model with respect to its input,
+at the same batch size, timed just before the run. A subset of the photos
+(`--no-stop-images`) is also attacked without early stop (the same work as
+CleverHans) and at a small batch (`--small-batch`).
 
     python benchmarks/bench_pgd.py [--num-images 368] [--repeats 3]
 """
@@ -71,6 +79,45 @@ def tabby_rate(model, images) -> float:
     return float(np.mean(np.argmax(adv.predict_logits(model, images), axis=1) == TABBY))
 
 
+def timed(fn):
+    """`(result, wall seconds, CPU seconds)` of `fn()`."""
+    c0 = time.process_time()
+    with _common.Timer() as t:
+        result = fn()
+    return result, t.seconds, time.process_time() - c0
+
+
+def make_runs(model, images, criterion, common, args) -> dict:
+    """name -> (images, batch size, run(seed) -> (adversarial images, gradient evaluations))."""
+    few = images[: args.no_stop_images]
+    big, small = args.batch_size, args.small_batch
+
+    def peer(data, batch):
+        return data, batch, lambda seed: (
+            cleverhans_pgd(model, data, seed=seed, batch_size=batch, **common), len(data) * args.steps
+        )
+
+    def ours(data, batch, **kwargs):
+        attack = adv.PGD(norm="inf", **kwargs, **common)
+
+        def run(seed):
+            result = attack(model, data, criterion, batch_size=batch, seed=seed)
+            return result.adversarial, int(result.gradient_steps.sum())
+
+        return data, batch, run
+
+    return {
+        "CleverHans": peer(images, big),
+        "ours float": ours(images, big, quantize=False),
+        "ours uint8": ours(images, big),
+        f"CleverHans ({len(few)} images)": peer(few, big),
+        "ours uint8 no early stop": ours(few, big, early_stop=False),
+        f"CleverHans batch {small}": peer(few, small),
+        f"ours uint8 batch {small}": ours(few, small),
+        f"ours uint8 no early stop batch {small}": ours(few, small, early_stop=False),
+    }
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-images", type=int, default=368, help="dog photos to attack (default 368, all)")
@@ -78,6 +125,9 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
     parser.add_argument("--step-size", type=float, default=1.0, help="step in pixel units (default 1)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    parser.add_argument("--small-batch", type=int, default=8, help="the second, small batch size (default 8)")
+    parser.add_argument("--no-stop-images", type=int, default=64,
+                        help="photos attacked without early stop, and at the small batch (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each side (default 3)")
     args = parser.parse_args(argv)
 
@@ -91,61 +141,74 @@ def main(argv=None) -> None:
         flush=True,
     )
     print(f"clean images already 'tabby': {tabby_rate(model, images):.4f}", flush=True)
-    ours = {
-        quantize: adv.PGD(norm="inf", eps=args.eps, steps=args.steps, step_size=args.step_size, quantize=quantize)
-        for quantize in (False, True)
-    }
     criterion = adv.TargetedMisclassification(TABBY)
-    common = dict(eps=args.eps, steps=args.steps, step_size=args.step_size, batch_size=args.batch_size)
+    common = dict(eps=args.eps, steps=args.steps, step_size=args.step_size)
+    big, small = args.batch_size, args.small_batch
+    runs = make_runs(model, images, criterion, common, args)
+
+    def ours(quantize=True):
+        return adv.PGD(norm="inf", quantize=quantize, **common)
+
+    ceiling_steps = {big: 6, small: 12}
 
     # Warm-up: tracing of every compiled function, on one batch.
-    warm = images[: args.batch_size]
-    cleverhans_pgd(model, warm, seed=0, **common)
-    for attack in ours.values():
-        attack(model, warm, criterion, batch_size=args.batch_size)
+    cleverhans_pgd(model, images[:big], seed=0, batch_size=big, **common)
+    cleverhans_pgd(model, images[:small], seed=0, batch_size=small, **common)
+    for quantize in (False, True):
+        ours(quantize)(model, images[:big], criterion, batch_size=big)
+    ours()(model, images[:small], criterion, batch_size=small)
+    for batch in ceiling_steps:
+        adv.network_rate(model, batch_size=batch, steps=1)
 
-    times: dict[str, list[float]] = {"cleverhans": [], "ours_float": [], "ours_uint8": []}
-    cpu: dict[str, list[float]] = {key: [] for key in times}
+    wall: dict[str, list[float]] = {key: [] for key in runs}
+    cpu: dict[str, list[float]] = {key: [] for key in runs}
+    ceiling: dict[str, list[float]] = {key: [] for key in runs}  # gradients/s next to each run
     last: dict[str, np.ndarray] = {}
-    evals = {}
+    gradients: dict[str, int] = {}
     for repeat in range(args.repeats):
-        c0 = time.process_time()
-        with _common.Timer() as t:
-            last["cleverhans"] = cleverhans_pgd(model, images, seed=repeat, **common)
-        times["cleverhans"].append(t.seconds)
-        cpu["cleverhans"].append(time.process_time() - c0)
-        for quantize, key in ((False, "ours_float"), (True, "ours_uint8")):
-            c0 = time.process_time()
-            with _common.Timer() as t:
-                result = ours[quantize](model, images, criterion, batch_size=args.batch_size, seed=repeat)
-            times[key].append(t.seconds)
-            cpu[key].append(time.process_time() - c0)
-            last[key] = result.adversarial
-            evals[key] = float(result.gradient_steps.mean())
-        print(
-            f"repeat {repeat + 1}: "
-            + ", ".join(f"{k} {v[-1]:.1f} s (CPU {cpu[k][-1]:.1f} s)" for k, v in times.items()),
-            flush=True,
-        )
+        for key, (data, batch, run) in runs.items():
+            # The bare network at the same batch size, between every run.
+            rate = adv.network_rate(model, batch_size=batch, steps=ceiling_steps[batch])
+            (last[key], gradients[key]), seconds, cpu_seconds = timed(lambda: run(repeat))
+            wall[key].append(seconds)
+            cpu[key].append(cpu_seconds)
+            ceiling[key].append(rate * batch)
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in wall.items()), flush=True)
+    report(model, runs, wall, cpu, ceiling, last, gradients, args)
 
+
+def report(model, runs, wall, cpu, ceiling, last, gradients, args) -> None:
     print()
-    print(f"{'':12s} {'img/s':>8s} {'success (float)':>16s} {'success (uint8)':>16s} {'max Linf':>9s} {'grad/img':>9s}")
+    print("ceiling: the bare compiled forward + backward pass of the logits model with respect to its input, at the")
+    print("run's batch size, timed just before each run; 'of ceiling' = the run's gradient evaluations/s over the")
+    print("ceiling's (images x batches/s), median over the repeats of each repeat's ratio")
+    for batch in sorted({batch for _, batch, _ in runs.values()}, reverse=True):
+        rates = [r for key, (_, b, _) in runs.items() if b == batch for r in ceiling[key]]
+        print(f"  batch {batch}: {statistics.median(rates):.1f} gradients/s (median of {len(rates)}, "
+              f"range {min(rates):.1f}-{max(rates):.1f})")
+    print()
+    print(f"{'':36s} {'images':>6s} {'batch':>5s} {'img/s':>7s} {'grad/img':>8s} {'grad/s':>7s} {'of ceiling':>10s} "
+          f"{'success':>8s} {'(uint8)':>8s} {'max Linf':>8s}")
     rates = {}
-    for key, label in (("cleverhans", "CleverHans"), ("ours_float", "ours float"), ("ours_uint8", "ours uint8")):
+    for key, (data, batch, _) in runs.items():
         x = last[key]
         rounded = np.clip(np.round(x.astype(np.float64)), 0, 255).astype(np.uint8)
-        as_float = tabby_rate(model, x.astype(np.float32))
-        as_uint8 = tabby_rate(model, rounded)
-        linf, _ = adv.perturbation_norms(images, rounded)
-        rate = n / statistics.median(times[key])
-        rates[key] = rate
-        grads = evals.get(key, float(args.steps))
-        print(f"{label:12s} {rate:8.2f} {as_float:16.4f} {as_uint8:16.4f} {linf.max():9.1f} {grads:9.2f}")
+        linf, _ = adv.perturbation_norms(data, rounded)
+        seconds = statistics.median(wall[key])
+        rates[key] = (len(data) / seconds, gradients[key] / seconds)
+        fraction = statistics.median(gradients[key] / w / c for w, c in zip(wall[key], ceiling[key]))
+        print(f"{key:36s} {len(data):6d} {batch:5d} {rates[key][0]:7.2f} {gradients[key] / len(data):8.2f} "
+              f"{rates[key][1]:7.1f} {fraction:10.3f} {tabby_rate(model, x.astype(np.float32)):8.4f} "
+              f"{tabby_rate(model, rounded):8.4f} {linf.max():8.1f}")
     print()
-    for key, label in (("ours_float", "float output (ours quantize=False)"), ("ours_uint8", "uint8 output (ours quantize=True) ")):
-        wall = rates[key] / rates["cleverhans"]
-        cpu_ratio = statistics.median(cpu["cleverhans"]) / statistics.median(cpu[key])
-        print(f"speed-up vs CleverHans, {label}: {wall:.2f}x images/s (wall), {cpu_ratio:.2f}x (CPU time)")
+    peer_images, peer_gradients = rates["CleverHans"]
+    for key, label in (("ours float", "float output (ours quantize=False)"), ("ours uint8", "uint8 output (ours quantize=True) ")):
+        cpu_ratio = statistics.median(cpu["CleverHans"]) / statistics.median(cpu[key])
+        print(f"speed-up vs CleverHans, {label}: {rates[key][0] / peer_images:.2f}x images/s (wall), "
+              f"{cpu_ratio:.2f}x (CPU time); per gradient evaluation {rates[key][1] / peer_gradients:.2f}x")
+    no_stop = rates["ours uint8 no early stop"][1] / rates[f"CleverHans ({args.no_stop_images} images)"][1]
+    print(f"gradient evaluations/s, ours uint8 / CleverHans, batch {args.batch_size}: {rates['ours uint8'][1] / peer_gradients:.2f}x "
+          f"with early stop, {no_stop:.2f}x without (same {args.no_stop_images} images, both all {args.steps} steps)")
 
 
 if __name__ == "__main__":

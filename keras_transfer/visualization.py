@@ -212,6 +212,9 @@ class PixelImage:
         size: side of the square image.
     """
 
+    # Layout of `render_planes`: channels last, the same as `render`.
+    channels_first = False
+
     def __init__(self, size: int):
         self.size = int(size)
 
@@ -225,6 +228,10 @@ class PixelImage:
         return np.clip(np.asarray(images, np.float32), 0.0, 1.0)
 
     def render(self, params: tf.Tensor) -> tf.Tensor:
+        return params
+
+    def render_planes(self, params: tf.Tensor) -> tf.Tensor:
+        """The images in the layout `channels_first` names (the optimization step's)."""
         return params
 
     def project(self, params: tf.Tensor) -> tf.Tensor:
@@ -249,6 +256,9 @@ class FourierImage:
     # Lucid divides the inverse FFT by 4 so that the sigmoid starts in its
     # near-linear range; kept so that its learning rates carry over.
     _SPATIAL_SCALE = 4.0
+    # The inverse FFT yields one plane per channel; the step keeps that
+    # layout (on CPU, transposing 3-channel images costs several sigmoids).
+    channels_first = True
 
     def __init__(self, size: int, *, decay_power: float = 1.0, decorrelate: bool = True):
         self.size = int(size)
@@ -260,6 +270,16 @@ class FourierImage:
         # sqrt(h * w) makes TF's 1/(h * w)-normalized inverse FFT orthonormal.
         self._scale = (scale * self.size).astype(np.float32)
         self._color = _COLOR_CORRELATION if decorrelate else np.eye(3, dtype=np.float32)
+        # The inverse FFT is linear, so the spatial scale joins the spectrum's.
+        self._forward_scale = (self._scale / self._SPATIAL_SCALE).astype(np.complex64)
+        # Adjoint of the inverse real FFT: the real FFT divided by h * w, with
+        # the columns that stand for two conjugate frequencies counted twice
+        # (the gradient TF registers for IRFFT2D, applied in one product).
+        columns = np.full(self.size // 2 + 1, 2.0)
+        columns[0] = 1.0
+        if self.size % 2 == 0:
+            columns[-1] = 1.0
+        self._adjoint_scale = (self._forward_scale * columns / self.size**2).astype(np.complex64)
 
     @property
     def spectrum_shape(self) -> tuple[int, int, int]:
@@ -279,11 +299,33 @@ class FourierImage:
         return np.stack([spectrum.real, spectrum.imag], axis=-1).astype(np.float32)
 
     def render(self, params: tf.Tensor) -> tf.Tensor:
-        spectrum = tf.complex(params[..., 0], params[..., 1]) * tf.cast(self._scale, tf.complex64)
-        channels_first = tf.signal.irfft2d(spectrum, fft_length=[self.size, self.size])
-        x = tf.transpose(channels_first, (0, 2, 3, 1)) / self._SPATIAL_SCALE
-        x = tf.einsum("bhwc,dc->bhwd", x, tf.constant(self._color))
-        return tf.sigmoid(x)
+        return tf.transpose(self.render_planes(params), (0, 2, 3, 1))
+
+    def render_planes(self, params: tf.Tensor) -> tf.Tensor:
+        """The images as `(batch, 3, size, size)` planes (the optimization step's layout)."""
+        planes = self._inverse_fft(params)
+        batch = tf.shape(planes)[0]
+        # Colour mixing as one small product over the channel axis.
+        mixed = tf.matmul(tf.constant(self._color), tf.reshape(planes, [batch, 3, -1]))
+        return tf.sigmoid(tf.reshape(mixed, tf.shape(planes)))
+
+    def _inverse_fft(self, params: tf.Tensor) -> tf.Tensor:
+        """Scaled spectrum `(batch, 3, size, size // 2 + 1, 2)` -> `(batch, 3, size, size)` planes."""
+        fft_length = [self.size, self.size]
+
+        # Written out because autodiff through `tf.complex(p[..., 0], p[..., 1])`
+        # scatters both halves back into full-size zero tensors (two
+        # StridedSliceGrads: more CPU time than the FFTs themselves).
+        @tf.custom_gradient
+        def inverse_fft(params):
+            spectrum = tf.bitcast(params, tf.complex64) * self._forward_scale
+
+            def gradient(upstream):
+                return tf.bitcast(tf.signal.rfft2d(upstream, fft_length=fft_length) * self._adjoint_scale, tf.float32)
+
+            return tf.signal.irfft2d(spectrum, fft_length=fft_length), gradient
+
+        return inverse_fft(tf.convert_to_tensor(params, tf.float32))
 
     def project(self, params: tf.Tensor) -> tf.Tensor:
         return params
@@ -311,6 +353,8 @@ def affine_resample(
     zoom: tf.Tensor | float = 1.0,
     shift: tf.Tensor | Sequence[float] = (0.0, 0.0),
     sparse: bool = True,
+    gain: float = 1.0,
+    channels_first: bool = False,
 ) -> tf.Tensor:
     """Rotates, zooms and shifts a batch of images and resamples it to `output_size`.
 
@@ -332,12 +376,20 @@ def affine_resample(
             on CPU (about half the CPU time of gathers, forward and
             backward); `False` uses a gather, which XLA can compile. Both
             give the same result. Defaults to `True`.
+        gain: factor applied to the output, folded into the interpolation
+            weights (free, where a product would cost two passes over the
+            images, forward and backward). Defaults to `1.0`.
+        channels_first: `images` are `(batch, channels, height, width)`;
+            the output is channels last all the same. Defaults to `False`.
 
     Returns:
         `(batch, output_size, output_size, channels)` images.
     """
     images = tf.convert_to_tensor(images)
-    batch, in_h, in_w, channels = images.shape
+    if channels_first:
+        batch, channels, in_h, in_w = images.shape
+    else:
+        batch, in_h, in_w, channels = images.shape
     angle = tf.cast(angle, tf.float32)
     zoom = tf.cast(zoom, tf.float32)
     shift = tf.cast(shift, tf.float32)
@@ -351,26 +403,13 @@ def affine_resample(
     # Normalized -> input pixel coordinates (pixel centres at integers).
     x = ((cos * gx - sin * gy + tx + 1.0) * in_w - 1.0) / 2.0
     y = ((sin * gx + cos * gy + ty + 1.0) * in_h - 1.0) / 2.0
-    x = tf.stop_gradient(_mirror(x, in_w))
-    y = tf.stop_gradient(_mirror(y, in_h))
-    x0 = tf.floor(x)
-    y0 = tf.floor(y)
-    wx = x - x0
-    wy = y - y0
-    # Coordinates in [-0.5, 0) and (size - 1, size - 0.5] interpolate
-    # between a border pixel and itself.
-    x0i = tf.cast(x0, tf.int64)
-    y0i = tf.cast(y0, tf.int64)
-    x1i = tf.clip_by_value(x0i + 1, 0, in_w - 1)
-    y1i = tf.clip_by_value(y0i + 1, 0, in_h - 1)
-    x0i = tf.clip_by_value(x0i, 0, in_w - 1)
-    y0i = tf.clip_by_value(y0i, 0, in_h - 1)
-    # (out, out, 4): the four neighbours of each output pixel and their weights.
-    index = tf.stack([y0i * in_w + x0i, y0i * in_w + x1i, y1i * in_w + x0i, y1i * in_w + x1i], axis=-1)
-    weight = tf.stack([(1.0 - wx) * (1.0 - wy), wx * (1.0 - wy), (1.0 - wx) * wy, wx * wy], axis=-1)
+    index, weight = _bilinear_taps(tf.stop_gradient(_mirror(x, in_w)), tf.stop_gradient(_mirror(y, in_h)), in_h, in_w)
+    if gain != 1.0:
+        weight = weight * gain
     out_pixels = output_size * output_size
     # Pixels as rows, (image, channel) as columns: one map serves the batch.
-    pixels = tf.reshape(tf.transpose(images, (1, 2, 0, 3)), (in_h * in_w, batch * channels))
+    pixels = tf.transpose(images, (2, 3, 0, 1) if channels_first else (1, 2, 0, 3))
+    pixels = tf.reshape(pixels, (in_h * in_w, batch * channels))
     if sparse:
         rows = np.repeat(np.arange(out_pixels, dtype=np.int64), 4)
         matrix = tf.sparse.SparseTensor(
@@ -384,6 +423,29 @@ def affine_resample(
         out = tf.reduce_sum(tf.reshape(gathered, (out_pixels, 4, batch * channels)) * tf.reshape(weight, (-1, 4, 1)), 1)
     out = tf.reshape(out, (output_size, output_size, batch, channels))
     return tf.transpose(out, (2, 0, 1, 3))
+
+
+def _bilinear_taps(x: tf.Tensor, y: tf.Tensor, in_h: int, in_w: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The four input pixels (flat indices) around each sampling point, and their bilinear weights.
+
+    `x` and `y` are input pixel coordinates (centres at integers) within
+    [-0.5, size - 0.5]; the results have their shape plus a last axis of 4.
+    """
+    x0 = tf.floor(x)
+    y0 = tf.floor(y)
+    wx = x - x0
+    wy = y - y0
+    # Coordinates in [-0.5, 0) and (size - 1, size - 0.5] interpolate
+    # between a border pixel and itself.
+    x0i = tf.cast(x0, tf.int64)
+    y0i = tf.cast(y0, tf.int64)
+    x1i = tf.clip_by_value(x0i + 1, 0, in_w - 1)
+    y1i = tf.clip_by_value(y0i + 1, 0, in_h - 1)
+    x0i = tf.clip_by_value(x0i, 0, in_w - 1)
+    y0i = tf.clip_by_value(y0i, 0, in_h - 1)
+    index = tf.stack([y0i * in_w + x0i, y0i * in_w + x1i, y1i * in_w + x0i, y1i * in_w + x1i], axis=-1)
+    weight = tf.stack([(1.0 - wx) * (1.0 - wy), wx * (1.0 - wy), (1.0 - wx) * wy, wx * wy], axis=-1)
+    return index, weight
 
 
 def _mirror(coord: tf.Tensor, size: int) -> tf.Tensor:
@@ -403,6 +465,8 @@ def random_affine(
     scale: float = 0.0,
     rotation: float = 0.0,
     sparse: bool = True,
+    gain: float = 1.0,
+    channels_first: bool = False,
 ) -> tf.Tensor:
     """Applies one random shift, zoom and rotation to a batch of images (stateless RNG).
 
@@ -419,15 +483,30 @@ def random_affine(
         scale: maximum zoom in or out as a fraction. Defaults to `0.0`.
         rotation: maximum rotation in degrees. Defaults to `0.0`.
         sparse: see `affine_resample`. Defaults to `True`.
+        gain: factor applied to the output (see `affine_resample`).
+            Defaults to `1.0`.
+        channels_first: `images` are `(batch, channels, height, width)`;
+            the output is channels last all the same. Defaults to `False`.
     """
     images = tf.convert_to_tensor(images)
-    if not (jitter or scale or rotation) and images.shape[1] == output_size and images.shape[2] == output_size:
-        return images
+    height, width = images.shape[2:4] if channels_first else images.shape[1:3]
+    if not (jitter or scale or rotation) and height == output_size and width == output_size:
+        images = tf.transpose(images, (0, 2, 3, 1)) if channels_first else images
+        return images * gain if gain != 1.0 else images
     seeds = tf.random.experimental.stateless_split(seed, 3)
     shift = tf.round(tf.random.stateless_uniform((2,), seeds[0], -jitter - 0.5, jitter + 0.5))
     zoom = tf.random.stateless_uniform((), seeds[1], 1.0 - scale, 1.0 + scale)
     angle = tf.random.stateless_uniform((), seeds[2], -rotation, rotation) * (math.pi / 180.0)
-    return affine_resample(images, output_size=output_size, angle=angle, zoom=zoom, shift=shift, sparse=sparse)
+    return affine_resample(
+        images,
+        output_size=output_size,
+        angle=angle,
+        zoom=zoom,
+        shift=shift,
+        sparse=sparse,
+        gain=gain,
+        channels_first=channels_first,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -463,7 +542,7 @@ def class_score(
     return tf.gather(scores, targets, axis=1, batch_dims=1)
 
 
-def total_variation(images) -> tf.Tensor:
+def total_variation(images, *, channels_first: bool = False) -> tf.Tensor:
     """Mean absolute difference between neighbouring pixels, per image.
 
     A mean rather than `tf.image.total_variation`'s sum, so the value (and a
@@ -472,32 +551,48 @@ def total_variation(images) -> tf.Tensor:
 
     Args:
         images: `(batch, height, width, channels)` images.
+        channels_first: `images` are `(batch, channels, height, width)`
+            instead. Defaults to `False`.
 
     Returns:
         `(batch,)` float32 values.
     """
-    return _total_variation(tf.cast(images, tf.float32))
+    return _total_variation_along(tf.cast(images, tf.float32), 2 if channels_first else 1)
 
 
-@tf.custom_gradient
-def _total_variation(images: tf.Tensor):
+def _total_variation_along(images: tf.Tensor, first_axis: int) -> tf.Tensor:
+    """Total variation over the two spatial axes `first_axis` and `first_axis + 1`."""
+
     # The gradient written out: autodiff through the two slicings takes
     # about 7x longer on CPU (15 ms vs 2 ms for two 224 px images), which
     # was a third of a whole optimization step.
-    dy = images[:, 1:] - images[:, :-1]
-    dx = images[:, :, 1:] - images[:, :, :-1]
+    @tf.custom_gradient
+    def tv(images):
+        return _total_variation_value_and_gradient(images, first_axis)
+
+    return tv(images)
+
+
+def _total_variation_value_and_gradient(images: tf.Tensor, first_axis: int):
+    lead = (slice(None),) * first_axis
+    dy = images[lead + (slice(1, None),)] - images[lead + (slice(None, -1),)]
+    dx = images[lead + (slice(None), slice(1, None))] - images[lead + (slice(None), slice(None, -1))]
     count_y = float(np.prod(dy.shape[1:]))
     count_x = float(np.prod(dx.shape[1:]))
     value = tf.reduce_sum(tf.abs(dy), axis=(1, 2, 3)) / count_y + tf.reduce_sum(tf.abs(dx), axis=(1, 2, 3)) / count_x
+    y_axis, x_axis = first_axis, first_axis + 1
 
     def gradient(upstream):
         upstream = upstream[:, None, None, None]
         sy = tf.sign(dy) * (upstream / count_y)
         sx = tf.sign(dx) * (upstream / count_x)
-        zy = tf.zeros_like(sy[:, :1])
-        zx = tf.zeros_like(sx[:, :, :1])
+        zy = tf.zeros_like(sy[lead + (slice(0, 1),)])
+        zx = tf.zeros_like(sx[lead + (slice(None), slice(0, 1))])
         # d|x[i+1] - x[i]| / dx[i] = -sign, and +sign for x[i+1].
-        return tf.concat([zy, sy], 1) - tf.concat([sy, zy], 1) + tf.concat([zx, sx], 2) - tf.concat([sx, zx], 2)
+        return (
+            tf.concat([zy, sy], y_axis) - tf.concat([sy, zy], y_axis)
+            + tf.concat([zx, sx], x_axis) - tf.concat([sx, zx], x_axis)
+        )
 
     return value, gradient
 
@@ -709,7 +804,9 @@ def _make_step(
     @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
     def step(seed: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
-            images = param.render(variable)
+            # In the parameterization's own layout: the resampling takes
+            # any, and gives the model channels last on its [0, 255] scale.
+            images = param.render_planes(variable)
             seen = random_affine(
                 images,
                 output_size=model_size,
@@ -719,12 +816,14 @@ def _make_step(
                 rotation=config.rotation,
                 # XLA cannot compile the sparse product.
                 sparse=not config.jit_compile,
+                gain=255.0,
+                channels_first=param.channels_first,
             )
-            logits = tf.cast(model(seen * 255.0, training=False), tf.float32)
+            logits = tf.cast(model(seen, training=False), tf.float32)
             objective = class_score(
                 logits, targets, objective=config.objective, log_prob_weight=config.log_prob_weight
             )
-            tv = total_variation(images)
+            tv = total_variation(images, channels_first=param.channels_first)
             l1 = image_norm(images, p=1)
             l2 = image_norm(images, p=2)
             # Terms with weight 0 are logged but kept out of the gradient.

@@ -140,6 +140,30 @@ def test_l2_rounding_keeps_as_much_of_the_perturbation_as_fits():
     np.testing.assert_array_equal((q - x0).ravel(), [1, 1, 1, 1, 2, -3])
 
 
+@pytest.mark.parametrize("eps", [4.0, 2.5, float("inf")])
+def test_linf_box_step_equals_the_generic_projection_and_rounding(eps):
+    # The attack loop steps L-inf images with clips to a per-image box; the
+    # generic form (project x + move - x0 into the ball, clip to [0, 255],
+    # round into the ball) must give the same images.
+    rng = np.random.default_rng(0)
+    x0 = tf.constant(rng.integers(0, 256, (4, 6, 6, 3)), tf.float32)
+    norm, generic = adv._NORMS["inf"], adv._Norm
+    radius = tf.constant(np.floor(eps), tf.float32)
+    eps_t = tf.constant(eps, tf.float32)
+    box = norm.box(x0, eps_t, radius, quantize=True)
+    x = tf.clip_by_value(x0 + tf.constant(rng.uniform(-min(eps, 9), min(eps, 9), x0.shape), tf.float32), 0.0, 255.0)
+    move = tf.constant(rng.choice([-1.5, 1.5], x0.shape), tf.float32)
+    np.testing.assert_allclose(norm.advance(x, move, box, eps_t), generic.advance(norm, x, move, (x0,), eps_t), atol=1e-4)
+    inside = norm.advance(x, move, box, eps_t)
+    np.testing.assert_array_equal(norm.rounded(inside, box, eps_t, radius), norm.quantize(inside, x0, eps_t, radius))
+
+
+def test_network_rate_times_the_bare_network(tiny):
+    model, x, _ = tiny
+    assert adv.network_rate(model, batch_size=4, steps=2, image_shape=x.shape[1:]) > 0
+    assert adv.network_rate(model, batch_size=4, steps=2, backward=False, image_shape=x.shape[1:]) > 0
+
+
 def test_uint8_output_still_fools_the_model_after_saving_as_png(tiny):
     model, x, y = tiny
     for norm, eps in (("inf", 6.0), ("2", 60.0)):

@@ -309,6 +309,48 @@ def test_fourier_parameterization_round_trips_an_image_and_starts_grey(size):
     assert abs(start.mean() - 0.5) < 0.02 and start.std() < 0.05
 
 
+@pytest.mark.parametrize("size", [24, 25])
+def test_fourier_planes_and_their_written_out_gradient_equal_autodiff_of_the_formula(size):
+    # The optimization step works on channel planes, with the inverse FFT's
+    # gradient written out: both must match autodiff of the plain formula.
+    param = vis.FourierImage(size)
+    rng = np.random.default_rng(4)
+    params = tf.constant(rng.normal(0, 0.3, (2, *param.spectrum_shape, 2)), tf.float32)
+    upstream = tf.constant(rng.normal(size=(2, size, size, 3)), tf.float32)
+
+    def reference(p):
+        spectrum = tf.complex(p[..., 0], p[..., 1]) * tf.cast(param._scale, tf.complex64)
+        planes = tf.signal.irfft2d(spectrum, fft_length=[size, size])
+        x = tf.transpose(planes, (0, 2, 3, 1)) / param._SPATIAL_SCALE
+        return tf.sigmoid(tf.einsum("bhwc,dc->bhwd", x, tf.constant(param._color)))
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(params)
+        ours = tf.transpose(param.render_planes(params), (0, 2, 3, 1))
+        theirs = reference(params)
+        ours_inner, theirs_inner = tf.reduce_sum(ours * upstream), tf.reduce_sum(theirs * upstream)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-6)
+    np.testing.assert_allclose(param.render(params).numpy(), ours.numpy(), atol=0)
+    np.testing.assert_allclose(
+        tape.gradient(ours_inner, params).numpy(), tape.gradient(theirs_inner, params).numpy(), atol=1e-5
+    )
+
+
+def test_channel_planes_give_the_same_penalty_and_resampling():
+    rng = np.random.default_rng(5)
+    planes = tf.constant(rng.uniform(size=(2, 3, 20, 24)), tf.float32)
+    images = tf.transpose(planes, (0, 2, 3, 1))
+    np.testing.assert_allclose(
+        vis.total_variation(planes, channels_first=True).numpy(), vis.total_variation(images).numpy(), rtol=1e-6
+    )
+    seed = tf.constant([1, 2])
+    kwargs = dict(output_size=16, seed=seed, jitter=3, scale=0.1, rotation=10.0)
+    ours = vis.random_affine(planes, gain=255.0, channels_first=True, **kwargs)
+    np.testing.assert_allclose(ours.numpy(), vis.random_affine(images, **kwargs).numpy() * 255.0, atol=1e-4)
+    same_size = vis.random_affine(planes[:, :, :16, :16], output_size=16, seed=seed, gain=2.0, channels_first=True)
+    np.testing.assert_allclose(same_size.numpy(), images[:, :16, :16].numpy() * 2.0)
+
+
 def test_total_variation_gradient_equals_autodiff():
     images = tf.constant(np.random.default_rng(3).uniform(size=(2, 9, 11, 3)), tf.float32)
     weights = tf.constant([1.0, -2.0])
