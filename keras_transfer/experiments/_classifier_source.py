@@ -138,3 +138,30 @@ def _load_saved(path: str):
             f"The model file {os.fspath(path)!r} cannot be loaded ({type(error).__name__}: "
             f"{errors.one_line(error)}); save it again or use another copy."
         ) from error
+
+
+def image_paths(images: Sequence[str], images_dir: str | None) -> list[str]:
+    """The files of repeated `--image FILE` flags, then the image files of `--images DIR` (sorted by name).
+
+    Raises:
+        FileNotFoundError, NotADirectoryError, ValueError: a missing file or
+            folder, a folder that is a file, or one with no image file,
+            naming it and the flag.
+    """
+    from keras_transfer.data import IMAGE_EXTENSIONS
+
+    paths = list(images)
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No image file at {path!r} (--image).")
+    if images_dir is not None:
+        if not os.path.exists(images_dir):
+            raise FileNotFoundError(f"No folder at {images_dir!r} (--images).")
+        if not os.path.isdir(images_dir):
+            raise NotADirectoryError(f"--images {images_dir!r} is a file, not a folder; use --image for one file.")
+        names = sorted(n for n in os.listdir(images_dir)
+                       if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
+        if not names:
+            raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in {images_dir!r} (--images).")
+        paths.extend(os.path.join(images_dir, n) for n in names)
+    return paths

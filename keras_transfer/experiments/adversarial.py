@@ -59,6 +59,7 @@ from keras_transfer import settings as settings_lib
 from keras_transfer.experiments import _cli
 from keras_transfer.experiments._classifier_source import (
     ClassifierSource,
+    image_paths,
     load_classifier,
     run_command,
 )
@@ -262,26 +263,6 @@ class AdversarialConfig(ClassifierSource):
 # --------------------------------------------------------------------------
 
 
-def _image_paths(config: AdversarialConfig) -> list[str]:
-    from keras_transfer.data import IMAGE_EXTENSIONS
-
-    paths = list(config.images)
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No image file at {path!r} (--image).")
-    folder = config.images_dir
-    if folder is not None:
-        if not os.path.exists(folder):
-            raise FileNotFoundError(f"No folder at {folder!r} (--images).")
-        if not os.path.isdir(folder):
-            raise NotADirectoryError(f"--images {folder!r} is a file, not a folder; use --image for one file.")
-        names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
-        if not names:
-            raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r} (--images).")
-        paths.extend(os.path.join(folder, n) for n in names)
-    return paths
-
-
 @dataclasses.dataclass
 class _SecondModel:
     """The `--transfer-to` model and what success on it means."""
@@ -316,7 +297,7 @@ def _prepare_images(config: AdversarialConfig, model, names: Sequence[str]) -> _
     from keras_transfer.data import load_image_files
 
     target = classes_lib.resolve_class(config.target_class, names) if config.target_class is not None else None
-    paths = _image_paths(config)
+    paths = image_paths(config.images, config.images_dir)
     images, kept, skipped = load_image_files(paths, image_size=models_lib.image_size_of(model), resize=config.resize)
     if not kept:
         raise ValueError(f"None of the {len(paths)} image files could be decoded: {skipped[:5]}")

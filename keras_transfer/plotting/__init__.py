@@ -6,4 +6,6 @@
   optimization history.
 - `keras_transfer.plotting.adversarial`: original | adversarial |
   perturbation | top-5 panels, robust accuracy versus epsilon.
+- `keras_transfer.plotting.explain`: heat-map overlays, a method-comparison
+  panel, deletion/insertion curves.
 """
