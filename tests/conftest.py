@@ -101,6 +101,9 @@ def tiny_backbone_weights(tmp_path_factory) -> str:
     import keras_transfer as kt
 
     rng = np.random.default_rng(0)
+    # A session fixture is made before the autouse seed of the test that first
+    # asks for it: seed here, so the weights do not depend on the tests before.
+    keras.utils.set_random_seed(0)
     backbone = kt.build_backbone("mobilenet", alpha=0.25, image_size=32, weights=None)
     x = rng.uniform(0, 255, size=(64, 32, 32, 3)).astype("float32")
     x[::2] = x[::2] * 0.3 + rng.uniform(0, 180, size=(32, 1, 1, 3))
