@@ -28,7 +28,7 @@ SOURCE_GROUP = "classifier"
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ClassifierSource:
-    """The classifier: a backbone's ImageNet classifier, or a saved `.keras` model.
+    """The classifier (a backbone's ImageNet classifier, or a saved `.keras` model) and the command line.
 
     Subclasses call `check_source()` from their `__post_init__`: it fills in
     `backbone` (`"mobilenet"` when neither is given) and rejects a backbone,
@@ -49,6 +49,11 @@ class ClassifierSource:
         None, kind=Optional(Path()), group=SOURCE_GROUP, metavar="PATH.keras",
         help="a classifier saved by keras_transfer instead of --backbone; class names come from classes.json "
         "beside it.",
+    )
+
+    command: str | None = setting(
+        None, kind=Optional(Text()), flag=None, fingerprint=False,
+        help="the command line that ran this, recorded in the command's JSON output.",
     )
 
     def check_source(self) -> None:

@@ -201,10 +201,6 @@ class AdversarialConfig(ClassifierSource):
         6, kind=Int(min=0, max=MAX_FIGURE_IMAGES), group=_OUTPUT, help="images shown in figure.png; 0 = no figure."
     )
     progress: bool = setting(True, kind=Flag(), group=_OUTPUT, help="show a progress bar.")
-    command: str | None = setting(
-        None, kind=Optional(Text()), flag=None, fingerprint=False,
-        help="the command line that ran this, recorded in result.json.",
-    )
 
     def __post_init__(self):
         settings_lib.validate(self)

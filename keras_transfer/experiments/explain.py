@@ -109,10 +109,6 @@ class ExplainCommandConfig(ClassifierSource):
         6, kind=Int(min=0, max=MAX_PANEL_IMAGES), group=_OUTPUT, help="photos (rows) in panel.png; 0 = no panel."
     )
     progress: bool = setting(True, kind=Flag(), group=_OUTPUT, help="print each step as it finishes.")
-    command: str | None = setting(
-        None, kind=Optional(Text()), flag=None, fingerprint=False,
-        help="the command line that ran this, recorded in result.json.",
-    )
 
     def __post_init__(self):
         settings_lib.validate(self)

@@ -41,7 +41,7 @@ from keras_transfer import settings as settings_lib
 from keras_transfer.data import RESIZE_MODES
 from keras_transfer.experiments import _cli
 from keras_transfer.experiments._classifier_source import ClassifierSource, load_classifier, run_command
-from keras_transfer.settings import Choice, Flag, Optional, Path, Text, setting
+from keras_transfer.settings import Choice, Flag, Optional, Path, setting
 
 PROG = "python -m keras_transfer.experiments.export"
 SAVED_MODEL_DIR = "saved_model"
@@ -68,10 +68,6 @@ class ExportConfig(ClassifierSource):
         "was trained, from its metrics.json; else stretch).",
     )
     tflite: bool = setting(True, kind=Flag(), help="also write model.tflite (--no-tflite: only the SavedModel).")
-    command: str | None = setting(
-        None, kind=Optional(Text()), flag=None, fingerprint=False,
-        help="the command line that ran this, recorded in export.json.",
-    )
 
     def __post_init__(self):
         settings_lib.validate(self)

@@ -47,7 +47,7 @@ from keras_transfer.experiments._classifier_source import (
     run_command,
 )
 from keras_transfer.plotting.visualization import plot_class_images, plot_visualization_history
-from keras_transfer.settings import Either, Flag, Int, Many, Optional, Path, Text, setting
+from keras_transfer.settings import Either, Flag, Int, Many, Path, Text, setting
 
 PROG = "python -m keras_transfer.experiments.ideal_class"
 _OUTPUT = "output"
@@ -79,10 +79,6 @@ class IdealClassConfig(ClassifierSource):
         50, kind=Int(min=1), group=_OUTPUT, help="write the images to TensorBoard every this many steps."
     )
     progress: bool = setting(True, kind=Flag(), group=_OUTPUT, help="show a progress bar.")
-    command: str | None = setting(
-        None, kind=Optional(Text()), flag=None, fingerprint=False,
-        help="the command line that ran this, recorded in result.json.",
-    )
 
     def __post_init__(self):
         settings_lib.validate(self)

@@ -43,7 +43,7 @@ from keras_transfer import settings as settings_lib
 from keras_transfer.data import RESIZE_MODES
 from keras_transfer.experiments import _cli
 from keras_transfer.experiments._classifier_source import ClassifierSource, load_classifier, run_command
-from keras_transfer.settings import Choice, Flag, Int, Many, Optional, Path, Text, setting
+from keras_transfer.settings import Choice, Flag, Int, Many, Optional, Path, setting
 
 PROG = "python -m keras_transfer.experiments.predict"
 _INPUT = "images"
@@ -94,10 +94,6 @@ class PredictConfig(ClassifierSource):
         32, kind=Int(min=1, max=MAX_BATCH_SIZE), help="images decoded and classified at once."
     )
     progress: bool = setting(True, kind=Flag(), group=_OUTPUT, help="show a progress bar.")
-    command: str | None = setting(
-        None, kind=Optional(Text()), flag=None, fingerprint=False,
-        help="the command line that ran this, recorded in the JSON.",
-    )
 
     def __post_init__(self):
         settings_lib.validate(self)
