@@ -89,12 +89,17 @@ class Optimization:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Expected schedule to be one of {SCHEDULES}. Received: schedule={self.schedule!r}")
 
+    @property
+    def scheduled(self) -> bool:
+        """Whether the rate changes with the step (a schedule or a warmup)."""
+        return self.schedule != "constant" or self.warmup_epochs > 0
+
     def rate(self, *, steps_per_epoch: int, epochs: int):
         """The learning rate: a number, or a schedule of the optimizer's step within the phase."""
+        if not self.scheduled:
+            return self.learning_rate
         warmup = min(self.warmup_epochs * steps_per_epoch, epochs * steps_per_epoch)
         total = epochs * steps_per_epoch
-        if self.schedule == "constant" and not warmup:
-            return self.learning_rate
         if self.schedule == "constant":
             return WarmupThenConstant(self.learning_rate, warmup)
         return keras.optimizers.schedules.CosineDecay(
@@ -196,7 +201,7 @@ class PhasePlan:
     def compile(self, *, jit_compile: bool = False, top_k: int | None = None) -> None:
         """Compiles `model` with the phase's optimizer (its schedule spans the phase's steps) and loss."""
         steps = int(self.train.cardinality())
-        if steps < 0 and (self.optimization.schedule != "constant" or self.optimization.warmup_epochs):
+        if steps < 0 and self.optimization.scheduled:
             raise ValueError("A learning-rate schedule needs a training dataset of known length. "
                              f"Received: cardinality {steps}")
         optimizer = self.optimization.optimizer(steps_per_epoch=max(steps, 1), epochs=self.epochs)
@@ -242,14 +247,13 @@ class EpochCommit(keras.callbacks.Callback):
     """
 
     def __init__(self, phase: str, records: dict[int, dict[str, float]], run: RunFolder, *, on_commit=None,
-                 early_stop: EarlyStop | None = None, first_epoch: int = 0):
+                 early_stop: EarlyStop | None = None):
         super().__init__()
         self.phase = phase
         self.records = records
         self.run = run
         self.on_commit = on_commit
         self.early_stop = early_stop
-        self.first_epoch = first_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {}
@@ -376,11 +380,10 @@ def _callbacks(plan, options, run, records, extra, on_commit) -> list[keras.call
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
     if options.tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=options.tensorboard_dir, write_graph=False))
-        if plan.optimization.rate(steps_per_epoch=1, epochs=1) != plan.optimization.learning_rate:
+        if plan.optimization.scheduled:
             callbacks.append(StepLearningRate(f"{options.tensorboard_dir}/train", first_epoch=plan.first_epoch))
     callbacks.extend(extra)
-    callbacks.append(EpochCommit(plan.name, records, run, on_commit=on_commit, early_stop=plan.early_stop,
-                                 first_epoch=plan.first_epoch))
+    callbacks.append(EpochCommit(plan.name, records, run, on_commit=on_commit, early_stop=plan.early_stop))
     if plan.early_stop is not None:
         callbacks.append(_StopWhenNoBetter(plan.early_stop, records, plan.first_epoch))
     return callbacks

@@ -28,8 +28,6 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     args = parser.parse_args()
 
-    import keras
-
     import keras_transfer as kt
     from keras_transfer import calibration, evaluation, phases
 
@@ -46,7 +44,7 @@ def main() -> None:
     raw = logits * temperature  # the model before calibration
 
     def ece(z, y):
-        return calibration.expected_calibration_error(np.asarray(keras.ops.softmax(z)), y)
+        return evaluation.Evaluation(logits=z, labels=y, class_names=data.class_names).reliability.ece
 
     halves = [np.arange(len(labels))[i::2] for i in (0, 1)]
     out = []
