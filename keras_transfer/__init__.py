@@ -5,7 +5,7 @@ take RGB pixels in [0, 255]; two-phase training (head on cached features, then
 fine-tuning); class visualization and adversarial examples on any classifier.
 
 Submodules: `backbones`, `layers`, `models`, `data`, `training`, `phases`,
-`evaluation`, `calibration`, `inference`, `export`, `explain`, `probe`, `visualization`,
+`evaluation`, `calibration`, `corruptions`, `inference`, `export`, `explain`, `probe`, `visualization`,
 `adversarial`, `classes`, `imagenet`, `plotting`, and the command lines in
 `experiments`.
 """
@@ -22,6 +22,7 @@ from keras_transfer.adversarial import (
 )
 from keras_transfer.backbones import available_backbones, build_backbone, get_backbone_spec
 from keras_transfer.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from keras_transfer.corruptions import CORRUPTIONS, CorruptionResult, corrupt, corruption_accuracy
 from keras_transfer.data import load_cats_vs_dogs, load_folder, load_oxford_pets
 from keras_transfer.explain import ExplainConfig, Explainer, Faithfulness, FaithfulnessConfig
 from keras_transfer.export import export_saved_model, export_tflite
@@ -46,6 +47,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BIM",
+    "CORRUPTIONS",
+    "CorruptionResult",
     "DatasetUnavailableError",
     "ExplainConfig",
     "Explainer",
@@ -70,6 +73,8 @@ __all__ = [
     "build_backbone",
     "build_classifier",
     "build_imagenet_classifier",
+    "corrupt",
+    "corruption_accuracy",
     "expected_calibration_error",
     "export_saved_model",
     "export_tflite",
