@@ -12,6 +12,7 @@ Submodules: `backbones`, `layers`, `models`, `data`, `training`, `phases`,
 
 from keras_transfer._downloads import DatasetUnavailableError, WeightsUnavailableError
 from keras_transfer.adversarial import (
+    APGD,
     BIM,
     FGSM,
     PGD,
@@ -46,6 +47,7 @@ from keras_transfer.visualization import VisualizationConfig, visualize_classes
 __version__ = "0.1.0"
 
 __all__ = [
+    "APGD",
     "BIM",
     "CORRUPTIONS",
     "CorruptionResult",

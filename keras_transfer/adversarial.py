@@ -11,12 +11,22 @@ bounded attacks:
   (Goodfellow et al. 2015; "FGM" for L2).
 - `PGD` (Madry et al. 2018, random start) and `BIM` (Kurakin et al. 2016, no
   random start): repeated steps, each projected back into the epsilon ball.
+- `APGD` (Croce and Hein 2020): PGD with momentum and a step size that
+  adapts per image, keeping each image's best point.
 
-All of them share one loop; a norm (`"inf"` or `"2"`) contributes only its
-random start, its step direction, its projection and its rounding. Whether an
-attack is targeted is the criterion's business, not a flag:
-`Misclassification(labels)` (any other class) or
-`TargetedMisclassification(target_classes)` (that class).
+All of them share one loop (APGD, with per-image state, runs its own); a
+norm (`"inf"` or `"2"`) contributes only its random start, its step
+direction, its projection and its rounding. Whether an attack is targeted is
+the criterion's business, not a flag: `Misclassification(labels)` (any other
+class) or `TargetedMisclassification(target_classes)` (that class).
+
+Reliable evaluation. A 10-step, single-start, cross-entropy PGD overstates
+robustness (Croce and Hein 2020): on a confident model the softmax saturates
+and the cross-entropy's gradient vanishes. The gradient attacks therefore
+take `loss="margin"` (the logit margin, which does not saturate) and
+`restarts` (re-attack the images still unbroken from new random starts), and
+`robust_accuracy` combines several attacks, worst case per image
+(`default_attacks`: margin PGD with two runs, then APGD-CE).
 
 Units and guarantees. Images are RGB pixels in [0, 255], like every model of
 this package takes them, and `eps` is in the same pixel units (L-inf `eps=4`
@@ -82,7 +92,8 @@ from keras_transfer.settings import Choice, Flag, Int, Optional, Real, setting
 PIXEL_MIN = 0.0
 PIXEL_MAX = 255.0
 NORMS = ("inf", "2")
-ATTACKS = ("lesson", "fgsm", "pgd", "bim")
+ATTACKS = ("lesson", "fgsm", "pgd", "bim", "apgd")
+LOSSES = ("crossentropy", "margin")
 LESSON_OBJECTIVES = ("logit", "log_prob")
 
 _NORM_ALIASES = {"inf": "inf", "linf": "inf", "l_inf": "inf", "2": "2", "l2": "2"}
@@ -251,6 +262,11 @@ def _row_histogram(bins: tf.Tensor, weights: tf.Tensor, num_bins: int) -> tf.Ten
 
 
 _NORMS: dict[str, _Norm] = {"inf": _LinfNorm(), "2": _L2Norm()}
+
+
+def norm_ops(norm: str | int | float) -> _Norm:
+    """The step direction, projection and rounding of a norm, for loops written elsewhere (adversarial training)."""
+    return _NORMS[norm_name(norm)]
 
 
 def norm_name(norm: str | int | float) -> str:
@@ -549,6 +565,14 @@ def _objective(logits: tf.Tensor, classes: tf.Tensor, *, kind: str, targeted: bo
     if kind == "crossentropy":
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=classes, logits=logits)
         return -ce if targeted else ce
+    if kind == "margin":
+        # The logit margin (Carlini and Wagner 2017): positive exactly when
+        # the criterion is met, and, unlike the cross-entropy of a confident
+        # model, its gradient does not vanish as the softmax saturates.
+        own = tf.gather(logits, classes, axis=1, batch_dims=1)
+        is_own = tf.one_hot(classes, tf.shape(logits)[-1], on_value=True, off_value=False)
+        best_other = tf.reduce_max(tf.where(is_own, tf.float32.min, logits), axis=-1)
+        return own - best_other if targeted else best_other - own
     if kind == "logit":
         score = tf.gather(logits, classes, axis=1, batch_dims=1)
     else:  # log_prob
@@ -572,7 +596,7 @@ class _Plan:
     random_start: bool
     early_stop: bool
     quantize: bool
-    objective: str  # crossentropy | logit | log_prob
+    objective: str  # crossentropy | margin | logit | log_prob
     direction: str  # "norm": the norm's steepest direction; "rms": gradient / its RMS
 
     @property
@@ -652,6 +676,9 @@ class AttackResult:
             on each image (an image that succeeds at its k-th look costs k).
         seconds: wall time of the attack (compilation included on a model's
             first attack).
+        restart: int32 `(batch,)`, the run (0 = the first, then the
+            restarts) that found each adversarial image; -1 where none did.
+            Defaults to `None` (not recorded).
     """
 
     adversarial: np.ndarray
@@ -661,6 +688,7 @@ class AttackResult:
     targeted: bool
     gradient_steps: np.ndarray
     seconds: float
+    restart: np.ndarray | None = None
 
     @property
     def success_rate(self) -> float:
@@ -692,6 +720,13 @@ _NORM_HELP = "norm of the ball: 'inf' or '2' (also np.inf, 2, 'linf', 'l2')."
 _EPS_HELP = "radius of the ball, in pixel units of the [0, 255] input (at most 255 for L-inf)."
 _EARLY_STOP_HELP = "stop each image as soon as it meets the criterion; False runs every step."
 _SEED = Optional(Int(min=0))
+_LOSS_HELP = (
+    "the loss ascended: 'crossentropy' or 'margin' (the logit margin, which does not saturate on a "
+    "confident model)."
+)
+_RESTARTS_HELP = "runs per image: an image still unbroken after a run is attacked again from a new random start."
+# Restart r draws its random starts from seed + r * _RESTART_STRIDE (a prime).
+_RESTART_STRIDE = 1_000_003
 
 
 def _as_images(images, model: keras.Model, *, quantize: bool) -> np.ndarray:
@@ -772,7 +807,8 @@ class _GradientAttack(abc.ABC):
         plan = self._plan()
         norm = "L-inf" if plan.norm == "inf" else "L2"
         bound = f"eps={plan.eps:g}" if math.isfinite(plan.eps) else "unbounded"
-        return f"{self.name} {norm} {bound}, {plan.steps} step{'s' * (plan.steps != 1)} of {plan.step_size:g}"
+        steps = f"{plan.steps} step{'s' * (plan.steps != 1)} of {plan.step_size:g}"
+        return f"{self.name} {norm} {bound}, {steps}{_loss_and_restarts(self)}"
 
     def __call__(
         self,
@@ -810,18 +846,54 @@ class _GradientAttack(abc.ABC):
         x0 = _as_images(images, model, quantize=plan.quantize)
         self.check_radii(x0.shape[1:])
         targeted, classes = resolve_criterion(criterion, model, x0, batch_size=batch_size)
-        adversarial, logits, success, steps = _run(model, x0, classes, targeted, plan, batch_size, seed, verbose)
-        if plan.quantize:
-            adversarial = adversarial.astype(np.uint8)
+        base_seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
+        outcome = _Outcome.empty(x0, int(_logits_model(model).outputs[0].shape[-1]))
+        restart = np.full(len(x0), -1, np.int32)
+        todo = np.arange(len(x0))
+        if plan.quantize and plan.eps < 1:
+            # The only integer image within eps < 1 of an integer original is
+            # the original itself: nothing to attack, one look at it.
+            logits = predict_logits(model, x0, batch_size=batch_size)
+            outcome.adversarial[:], outcome.logits[:] = x0, logits
+            outcome.success[:] = is_adversarial(logits, classes, targeted=targeted)
+            restart[outcome.success] = 0
+            todo = todo[:0]
+        for r in range(getattr(self, "restarts", 1) if todo.size else 0):
+            # Only the images no earlier run broke are attacked again, from a
+            # new random start (seed stream `seed + r * _RESTART_STRIDE`).
+            adversarial, logits, success, steps = self._run_once(
+                model, x0[todo], classes[todo], targeted, batch_size=batch_size,
+                seed=base_seed + r * _RESTART_STRIDE, ids=todo, verbose=verbose,
+            )
+            outcome.adversarial[todo], outcome.logits[todo] = adversarial, logits
+            outcome.success[todo] = success
+            outcome.spent[todo] += steps
+            restart[todo[success]] = r
+            todo = todo[~success]
+            if todo.size == 0:
+                break
+        adversarial = outcome.adversarial.astype(np.uint8) if plan.quantize else outcome.adversarial
         return AttackResult(
             adversarial=adversarial,
-            success=success,
-            logits=logits,
+            success=outcome.success,
+            logits=outcome.logits,
             classes=classes,
             targeted=targeted,
-            gradient_steps=steps,
+            gradient_steps=outcome.spent,
             seconds=time.perf_counter() - start,
+            restart=restart,
         )
+
+    def _run_once(self, model, x0, classes, targeted, *, batch_size, seed, ids, verbose):
+        """One run over `x0` (a restart): `(adversarial, logits, success, gradient_steps)`."""
+        return _run(model, x0, classes, targeted, self._plan(), batch_size, seed, verbose, ids=ids)
+
+
+def _loss_and_restarts(attack) -> str:
+    """`", margin loss, 3 restarts"`: the parts of a description that differ from the defaults."""
+    text = ", margin loss" if getattr(attack, "loss", None) == "margin" else ""
+    restarts = getattr(attack, "restarts", 1)
+    return text + (f", {restarts} runs (restarts)" if restarts > 1 else "")
 
 
 @dataclasses.dataclass
@@ -888,16 +960,22 @@ class _Pool:
         return True
 
 
-def _starts(x0: np.ndarray, images: np.ndarray, plan: _Plan, base_seed: int) -> np.ndarray:
-    """The first iterates of `images`: the originals, or random points of the ball around them."""
+def _starts(x0: np.ndarray, images: np.ndarray, plan: _Plan, base_seed: int, ids: np.ndarray | None = None) -> np.ndarray:
+    """The first iterates of `images`: the originals, or random points of the ball around them.
+
+    `ids` (default: the positions in `x0`) name the images in the seed of
+    their random start.
+    """
     starts = x0[images]
     if not plan.random_start:
         return starts.astype(np.float32)
     # One generator per image: its start depends only on the seed and its
-    # index, not on the batch size.
+    # index, not on the batch size (nor, with `ids`, on which images a
+    # restart still attacks).
     norm = _NORMS[plan.norm]
     shape = (1, *x0.shape[1:])
-    noise = np.concatenate([norm.sample(np.random.default_rng([base_seed, int(i)]), shape, plan.eps) for i in images])
+    keys = images if ids is None else np.asarray(ids)[images]
+    noise = np.concatenate([norm.sample(np.random.default_rng([base_seed, int(i)]), shape, plan.eps) for i in keys])
     return np.clip(starts + noise, PIXEL_MIN, PIXEL_MAX, out=noise)
 
 
@@ -930,8 +1008,13 @@ def _run(
     batch_size: int,
     seed: int | None,
     verbose: int,
+    *,
+    ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The shared loop: a pool of `batch_size` slots, each refilled as its image finishes."""
+    """The shared loop: a pool of `batch_size` slots, each refilled as its image finishes.
+
+    `ids` name the images in the seeds of their random starts (see `_starts`).
+    """
     step, evaluate = _step_fns(model, plan, targeted)
     n = len(x0)
     outcome = _Outcome.empty(x0, int(_logits_model(model).outputs[0].shape[-1]))
@@ -953,7 +1036,7 @@ def _run(
             slots = free[: n - next_image]
             new = np.arange(next_image, next_image + slots.size)
             next_image += slots.size
-            pool.fill(slots, new, _starts(x0, new, plan, base_seed), x0[new], classes[new])
+            pool.fill(slots, new, _starts(x0, new, plan, base_seed, ids), x0[new], classes[new])
             free = pool.free()
         # No image left to start: shrink the pool to the images still running.
         if free.size and not pool.shrink():
@@ -989,12 +1072,15 @@ class FGSM(_GradientAttack):
     Attributes:
         norm: `"inf"` or `"2"`. Defaults to `"inf"`.
         eps: radius of the ball, in pixel units of the [0, 255] input.
+        loss: `"crossentropy"` or `"margin"` (see `PGD`). Defaults to
+            `"crossentropy"`.
         quantize: return uint8 images, judged after rounding (see the module
             docstring). Defaults to `True`.
     """
 
     norm: str = setting("inf", kind=Choice(NORMS), help=_NORM_HELP)
     eps: float = setting(kind=_POSITIVE, help=_EPS_HELP)
+    loss: str = setting("crossentropy", kind=Choice(LOSSES), help=_LOSS_HELP)
     name: ClassVar[str] = "FGSM"
 
     def _radii(self):
@@ -1011,19 +1097,36 @@ class FGSM(_GradientAttack):
             # could undo that.
             early_stop=True,
             quantize=self.quantize,
-            objective="crossentropy",
+            objective=self.loss,
             direction="norm",
         )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PGD(_GradientAttack):
-    """Projected gradient descent (Madry et al. 2018) on the cross-entropy.
+    """Projected gradient descent (Madry et al. 2018) on the cross-entropy or the logit margin.
 
     Every step moves by `step_size` along the norm's steepest direction
     (the sign of the gradient for L-inf, the normalized gradient for L2),
     projects back into the ball of radius `eps` around the original and clips
     to [0, 255].
+
+    Loss. The cross-entropy (the default, as in Madry et al.) saturates on a
+    confident model: its gradient vanishes with the softmax and the attack
+    overstates robustness (Croce and Hein 2020). `loss="margin"` ascends the
+    logit margin instead (Carlini and Wagner 2017; untargeted: the largest
+    other logit minus the true class's; targeted: the target's logit minus
+    the largest other), which does not saturate and is positive exactly when
+    the criterion is met.
+
+    Restarts. With `restarts=R`, an image that is not adversarial after a run
+    is attacked again from a new random start, up to R runs: only the
+    still-unbroken images are re-attacked, each result is the first
+    adversarial image found, `gradient_steps` adds up over the runs and
+    `AttackResult.restart` says which run succeeded. Restart r draws its
+    starts from the seed stream `seed + r * 1_000_003`, so a seed fixes the
+    result. Restarts need the random start (`BIM` rejects them: every run
+    would repeat the first).
 
     Attributes:
         norm: `"inf"` or `"2"`. Defaults to `"inf"`.
@@ -1036,6 +1139,9 @@ class PGD(_GradientAttack):
         early_stop: stop each image as soon as it meets the criterion (a
             smaller perturbation, and no wasted work). `False` runs every
             step and returns the last iterate. Defaults to `True`.
+        loss: `"crossentropy"` or `"margin"`. Defaults to `"crossentropy"`.
+        restarts: runs per image, each from a new random start for the
+            images still unbroken. Defaults to `1`.
         quantize: return uint8 images, judged after rounding (see the module
             docstring). Defaults to `True`.
     """
@@ -1048,7 +1154,13 @@ class PGD(_GradientAttack):
     )
     random_start: bool = setting(True, kind=Flag(), help="start from a uniform random point of the ball.")
     early_stop: bool = setting(True, kind=Flag(), help=_EARLY_STOP_HELP)
+    loss: str = setting("crossentropy", kind=Choice(LOSSES), help=_LOSS_HELP)
+    restarts: int = setting(1, kind=Int(min=1), help=_RESTARTS_HELP)
     name: ClassVar[str] = "PGD"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_restarts(self)
 
     def _radii(self):
         return [("eps", self.eps, self.norm), ("step_size", self.step_size, self.norm)]
@@ -1066,14 +1178,26 @@ class PGD(_GradientAttack):
             random_start=bool(self.random_start),
             early_stop=bool(self.early_stop),
             quantize=self.quantize,
-            objective="crossentropy",
+            objective=self.loss,
             direction="norm",
+        )
+
+
+def _check_restarts(attack) -> None:
+    if attack.restarts > 1 and not attack.random_start:
+        raise ValueError(
+            f"Restarts need random_start=True: without a random start every run of {attack.name} repeats "
+            f"the first. Received: restarts={attack.restarts!r}, random_start=False"
         )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BIM(PGD):
-    """Basic iterative method (Kurakin et al. 2016): `PGD` starting at the original."""
+    """Basic iterative method (Kurakin et al. 2016): `PGD` starting at the original.
+
+    It takes no `restarts` (without a random start, every run would repeat
+    the first): `restarts > 1` is rejected.
+    """
 
     random_start: bool = setting(False, kind=Flag(), help="start from a uniform random point of the ball.")
     name: ClassVar[str] = "BIM"
@@ -1132,7 +1256,297 @@ class LessonAttack(_GradientAttack):
         )
 
 
-Attack = FGSM | PGD | BIM | LessonAttack
+# --------------------------------------------------------------------------
+# APGD: auto-PGD, with a step size that adapts per image.
+# --------------------------------------------------------------------------
+
+APGD_MOMENTUM = 0.75
+APGD_RHO = 0.75
+
+
+def apgd_checkpoints(steps: int) -> tuple[int, ...]:
+    """The steps at which APGD may halve its step size (Croce and Hein 2020).
+
+    `w_j = ceil(p_j * steps)` with `p_0 = 0`, `p_1 = 0.22` and
+    `p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`; only the distinct ones
+    strictly between 0 and `steps` (a checkpoint at the last step could not
+    change anything). Computed in exact hundredths: for 100 steps,
+    `(22, 41, 57, 70, 80, 87, 93, 99)`.
+
+    Args:
+        steps: the number of gradient steps.
+    """
+    steps = _BATCH_SIZE.check("steps", steps)
+    previous, current, found = 0, 22, []
+    while current <= 100:
+        w = -(-current * steps // 100)  # ceil, in integers
+        if 0 < w < steps and (not found or w > found[-1]):
+            found.append(w)
+        previous, current = current, current + max(current - previous - 3, 6)
+    return tuple(found)
+
+
+def apgd_halves(*, increases, interval, reduced, best, best_at_checkpoint, rho: float = APGD_RHO):
+    """Whether APGD halves an image's step size at a checkpoint (numpy or TensorFlow values).
+
+    Condition 1: the loss increased at fewer than `rho * interval` of the
+    `interval` steps since the last checkpoint. Condition 2: the step size
+    was not halved at the last checkpoint and the best loss has not improved
+    since. Either halves the step size (and APGD goes back to its best point).
+
+    Args:
+        increases: per image, the steps since the last checkpoint that
+            increased the loss.
+        interval: steps since the last checkpoint.
+        reduced: per image, whether the step size was halved at the last
+            checkpoint.
+        best: per image, the best loss so far.
+        best_at_checkpoint: per image, the best loss at the last checkpoint.
+        rho: the fraction of condition 1. Defaults to `0.75`.
+    """
+    oscillating = increases < rho * interval
+    stalled = ~reduced & (best <= best_at_checkpoint)
+    return oscillating | stalled
+
+
+def _apgd_state(x: tf.Tensor, step_size: float, num_classes: int) -> tuple:
+    """The per-image state of an APGD batch at its start, a tuple of tensors: the iterate, the previous one,
+    the best point, the gradient there, the best loss, the logits there, the last loss, the step size, the
+    loss increases since the last checkpoint, the best loss at the last checkpoint, and whether the step size
+    was halved there."""
+    n = tf.shape(x)[0]
+    low = tf.fill([n], tf.float32.min)
+    return (
+        x, x, x, tf.zeros_like(x), low, tf.zeros([n, num_classes]), tf.fill([n], tf.float32.max),
+        tf.fill([n], tf.constant(step_size, tf.float32)), tf.zeros([n]), low, tf.zeros([n], tf.bool),
+    )
+
+
+def _apgd_fns(model: keras.Model, plan: _Plan, targeted: bool) -> tuple[Callable, Callable]:
+    logits_model, fns = _entry(model)
+    key = ("apgd", *plan.key, targeted)
+    if key in fns:
+        return fns[key]
+    ref = weakref.ref(logits_model)
+    norm = _NORMS[plan.norm]
+    # Signatures with a free batch size: a batch shrinks as its images
+    # succeed, which must not retrace the functions.
+    image, scalar = _image_spec(logits_model), tf.TensorSpec((), tf.float32)
+    vector, classes = tf.TensorSpec((None,), tf.float32), tf.TensorSpec((None,), tf.int32)
+    num_classes = int(logits_model.outputs[0].shape[-1])
+    state = (image,) * 4 + (vector, tf.TensorSpec((None, num_classes), tf.float32)) + (vector,) * 4
+    state += (tf.TensorSpec((None,), tf.bool),)
+    one = tf.zeros([1, 1, 1, 1])
+    box = (image,) * len(norm.box(one, one, one, quantize=plan.quantize))
+
+    def rounded(x, box, eps, radius):
+        return tf.cast(norm.rounded(x, box, eps, radius), tf.float32) if plan.quantize else x
+
+    def forward(seen):
+        return tf.cast(ref()(seen, training=False), tf.float32)
+
+    @tf.function(input_signature=[state, box, classes, scalar, scalar, tf.TensorSpec((), tf.int32), scalar])
+    def step(state, box, cls, eps, radius, phase, interval):
+        # phase 0: the first step (no momentum); 1: a step; 2: a checkpoint first.
+        x, previous, best_x, best_grad, best_loss, best_logits, last_loss, size, increases, at_check, reduced = state
+        # As in the PGD loop: the model sees the rounded image, and its
+        # gradient there drives the float iterate.
+        seen = rounded(x, box, eps, radius)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(seen)
+            logits = forward(seen)
+            loss = _objective(logits, cls, kind=plan.objective, targeted=targeted)
+            total = tf.reduce_sum(loss)
+        grad = tape.gradient(total, seen)
+        increases += tf.cast(loss > last_loss, tf.float32)
+        better = loss > best_loss
+        best_x = tf.where(better[:, None, None, None], x, best_x)
+        best_grad = tf.where(better[:, None, None, None], grad, best_grad)
+        best_logits = tf.where(better[:, None], logits, best_logits)
+        best_loss = tf.where(better, loss, best_loss)
+        at_check = tf.where(tf.equal(phase, 0), best_loss, at_check)
+        checkpoint = tf.equal(phase, 2)
+        halve = checkpoint & apgd_halves(
+            increases=increases, interval=interval, reduced=reduced, best=best_loss, best_at_checkpoint=at_check
+        )
+        # Halving restarts from the best point, without momentum.
+        back = halve[:, None, None, None]
+        x, grad, previous = tf.where(back, best_x, x), tf.where(back, best_grad, grad), tf.where(back, best_x, previous)
+        size = tf.where(halve, size / 2.0, size)
+        reduced = tf.where(checkpoint, halve, reduced)
+        at_check = tf.where(checkpoint, best_loss, at_check)
+        increases = tf.where(checkpoint, tf.zeros_like(increases), increases)
+        last_loss = tf.where(halve, best_loss, loss)
+        alpha = tf.where(tf.equal(phase, 0), 1.0, APGD_MOMENTUM)
+        z = norm.advance(x, size[:, None, None, None] * norm.direction(grad), box, eps)
+        moved = norm.advance(x, alpha * (z - x) + (1.0 - alpha) * (x - previous), box, eps)
+        state = (moved, x, best_x, best_grad, best_loss, best_logits, last_loss, size, increases, at_check, reduced)
+        return state, seen, logits, _success(logits, cls, targeted)
+
+    @tf.function(input_signature=[state, box, classes, scalar, scalar])
+    def finish(state, box, cls, eps, radius):
+        # The last iterate gets its look (forward only); the result is it or
+        # the best point, an adversarial one first, else the higher loss.
+        x, best_x, best_loss, best_logits = state[0], state[2], state[4], state[5]
+        seen = rounded(x, box, eps, radius)
+        logits = forward(seen)
+        ok, best_ok = _success(logits, cls, targeted), _success(best_logits, cls, targeted)
+        loss = _objective(logits, cls, kind=plan.objective, targeted=targeted)
+        last = (ok & ~best_ok) | (tf.equal(ok, best_ok) & (loss > best_loss))
+        return (
+            tf.where(last[:, None, None, None], seen, rounded(best_x, box, eps, radius)),
+            tf.where(last[:, None], logits, best_logits),
+            tf.where(last, ok, best_ok),
+        )
+
+    fns[key] = (step, finish)
+    return fns[key]
+
+
+def _gather_rows(values, rows: np.ndarray):
+    return tuple(tf.gather(v, rows) for v in values)
+
+
+def _run_apgd(
+    model: keras.Model,
+    x0: np.ndarray,
+    classes: np.ndarray,
+    targeted: bool,
+    plan: _Plan,
+    *,
+    batch_size: int,
+    seed: int,
+    ids: np.ndarray | None,
+    verbose: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """APGD on batches of `batch_size` images, each batch shrinking as its images succeed."""
+    step, finish = _apgd_fns(model, plan, targeted)
+    num_classes = int(_logits_model(model).outputs[0].shape[-1])
+    outcome = _Outcome.empty(x0, num_classes)
+    eps = tf.constant(plan.eps, tf.float32)
+    radius = tf.constant(math.floor(plan.eps), tf.float32)
+    norm = _NORMS[plan.norm]
+    checkpoints = apgd_checkpoints(plan.steps)
+    intervals = dict(zip(checkpoints, np.diff((0, *checkpoints)).tolist()))
+    progbar = keras.utils.Progbar(len(x0)) if verbose and len(x0) else None
+    for begin in range(0, len(x0), batch_size):
+        rows = np.arange(begin, min(begin + batch_size, len(x0)))
+        state = _apgd_state(tf.constant(_starts(x0, rows, plan, seed, ids)), plan.step_size, num_classes)
+        box = norm.box(tf.constant(x0[rows], tf.float32), eps, radius, quantize=plan.quantize)
+        cls = tf.constant(classes[rows])
+        for m in range(plan.steps):
+            phase = 0 if m == 0 else 2 if m in intervals else 1
+            interval = tf.constant(float(intervals.get(m, 1)), tf.float32)
+            state, seen, logits, ok = step(state, box, cls, eps, radius, tf.constant(phase), interval)
+            outcome.spent[rows] += 1
+            ok = ok.numpy() & plan.early_stop
+            if ok.any():
+                done = np.flatnonzero(ok)
+                outcome.adversarial[rows[done]] = tf.gather(seen, done).numpy()
+                outcome.logits[rows[done]] = tf.gather(logits, done).numpy()
+                outcome.success[rows[done]] = True
+                keep = np.flatnonzero(~ok)
+                rows = rows[keep]
+                if not rows.size:
+                    break
+                state, box, cls = _gather_rows(state, keep), _gather_rows(box, keep), tf.gather(cls, keep)
+        if rows.size:
+            seen, logits, ok = finish(state, box, cls, eps, radius)
+            outcome.adversarial[rows], outcome.logits[rows], outcome.success[rows] = seen.numpy(), logits.numpy(), ok.numpy()
+        if progbar is not None:
+            progbar.update(min(begin + batch_size, len(x0)))
+    return outcome.adversarial, outcome.logits, outcome.success, outcome.spent
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class APGD(_GradientAttack):
+    """Auto-PGD (Croce and Hein 2020, Algorithm 1): PGD with momentum and a step size that adapts per image.
+
+    Each image starts with a step of `2 * eps`; a step moves to
+    `z = P(x + step * direction)` and then to
+    `P(x + 0.75 (z - x) + 0.25 (x - x_previous))` (momentum), where `P`
+    projects into the ball and [0, 255]. At the checkpoints of
+    `apgd_checkpoints(steps)` the step size of an image is halved, and the
+    image goes back to the best point it has seen, when its loss increased
+    at fewer than 75% of the steps since the last checkpoint, or when its
+    step size was not halved at the last checkpoint and its best loss has
+    not improved since (`apgd_halves`). The best-loss point is kept per
+    image.
+
+    Conventions as in the rest of the module: pixels in [0, 255], `eps` in
+    pixel units, and with `quantize=True` the model looks at (and success is
+    judged on) the rounded image at every step, so the uint8 results are
+    adversarial as saved. With `early_stop`, each image stops at its first
+    adversarial look; otherwise (or when no step succeeds) the result is the
+    better of the best-loss point and the last iterate (an adversarial one
+    first, else the higher loss; with the margin loss the best-loss point is
+    adversarial whenever any look was). `restarts` attack the still-unbroken images again from new random
+    starts, as for `PGD`. `gradient_steps` counts forward-and-backward passes
+    (`steps` per run for an image that never succeeds); the last iterate of
+    such an image gets one more forward pass, not counted.
+
+    Losses: `"crossentropy"` (APGD-CE) or `"margin"` (the logit margin; the
+    paper's DLR loss divides it by a spread of the sorted logits, which is
+    not defined for two classes).
+
+    Attributes:
+        norm: `"inf"` or `"2"`. Defaults to `"inf"`.
+        eps: radius of the ball, in pixel units of the [0, 255] input.
+        steps: gradient steps per image and run. Defaults to `100` (the
+            paper's).
+        loss: `"crossentropy"` or `"margin"`. Defaults to `"crossentropy"`.
+        restarts: runs per image, each from a new random start for the
+            images still unbroken. Defaults to `1`.
+        random_start: start from a uniform random point of the ball.
+            Defaults to `True`.
+        early_stop: stop each image as soon as it meets the criterion.
+            Defaults to `True`.
+        quantize: return uint8 images, judged after rounding (see the module
+            docstring). Defaults to `True`.
+    """
+
+    norm: str = setting("inf", kind=Choice(NORMS), help=_NORM_HELP)
+    eps: float = setting(kind=_POSITIVE, help=_EPS_HELP)
+    steps: int = setting(100, kind=Int(min=1), help="gradient steps per image and run.")
+    loss: str = setting("crossentropy", kind=Choice(LOSSES), help=_LOSS_HELP)
+    restarts: int = setting(1, kind=Int(min=1), help=_RESTARTS_HELP)
+    random_start: bool = setting(True, kind=Flag(), help="start from a uniform random point of the ball.")
+    early_stop: bool = setting(True, kind=Flag(), help=_EARLY_STOP_HELP)
+    name: ClassVar[str] = "APGD"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_restarts(self)
+
+    def _radii(self):
+        return [("eps", self.eps, self.norm)]
+
+    def _plan(self) -> _Plan:
+        return _Plan(
+            norm=self.norm,
+            eps=float(self.eps),
+            steps=int(self.steps),
+            step_size=2.0 * float(self.eps),
+            random_start=bool(self.random_start),
+            early_stop=bool(self.early_stop),
+            quantize=self.quantize,
+            objective=self.loss,
+            direction="norm",
+        )
+
+    def describe(self) -> str:
+        norm = "L-inf" if self.norm == "inf" else "L2"
+        loss = "CE" if self.loss == "crossentropy" else "margin"
+        restarts = f", {self.restarts} runs (restarts)" if self.restarts > 1 else ""
+        return f"APGD-{loss} {norm} eps={self.eps:g}, {self.steps} steps (adaptive, from 2*eps){restarts}"
+
+    def _run_once(self, model, x0, classes, targeted, *, batch_size, seed, ids, verbose):
+        return _run_apgd(
+            model, x0, classes, targeted, self._plan(), batch_size=batch_size, seed=seed, ids=ids, verbose=verbose
+        )
+
+
+Attack = FGSM | PGD | BIM | APGD | LessonAttack
 
 
 def make_attack(
@@ -1145,37 +1559,52 @@ def make_attack(
     random_start: bool | None = None,
     early_stop: bool = True,
     quantize: bool = True,
+    loss: str = "crossentropy",
+    restarts: int = 1,
 ) -> Attack:
     """Builds an attack by name (for command lines and configs).
 
     Args:
-        name: `"lesson"`, `"fgsm"`, `"pgd"` or `"bim"`.
+        name: `"lesson"`, `"fgsm"`, `"pgd"`, `"bim"` or `"apgd"`.
         norm: `"inf"` or `"2"`. Defaults to `"inf"`.
         eps: radius in pixel units; `None` only for `"lesson"` (unbounded).
             Defaults to `4.0`.
         steps: steps of iterative attacks. Defaults to `None`: the attack's
-            default (10 for PGD/BIM, 100 for the lesson).
-        step_size: step length in pixel units. Defaults to `None`: the
-            attack's default.
-        random_start: PGD/BIM only; overrides the attack's default. Defaults
-            to `None`.
+            default (10 for PGD/BIM, 100 for APGD and the lesson).
+        step_size: step length in pixel units (PGD, BIM, lesson; APGD adapts
+            its own). Defaults to `None`: the attack's default.
+        random_start: PGD/BIM/APGD only; overrides the attack's default.
+            Defaults to `None`.
         early_stop: stop each image at its first success (iterative
             attacks). Defaults to `True`.
         quantize: return uint8 images judged after rounding. Defaults to
             `True`.
+        loss: `"crossentropy"` or `"margin"` (FGSM, PGD, BIM, APGD; the
+            lesson has its own objective). Defaults to `"crossentropy"`.
+        restarts: runs per image (PGD, APGD). Defaults to `1`.
     """
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in ATTACKS:
         raise ValueError(f"Unknown attack. Expected one of {ATTACKS}. Received: name={name!r}")
+    if key == "lesson" and loss != "crossentropy":
+        raise ValueError(f"The lesson's attack ascends a class score, not a loss. Received: loss={loss!r}")
+    if key in ("lesson", "fgsm") and restarts != 1:
+        raise ValueError(f"Restarts need a random start (pgd or apgd). Received: restarts={restarts!r}")
+    if key == "apgd" and step_size is not None:
+        raise ValueError(f"APGD adapts its step size (from 2 * eps). Received: step_size={step_size!r}")
     kwargs: dict[str, Any] = {"norm": norm, "quantize": quantize}
     if key != "fgsm" and steps is not None:
         kwargs["steps"] = steps
-    if key != "fgsm" and step_size is not None:
+    if key not in ("fgsm", "apgd") and step_size is not None:
         kwargs["step_size"] = step_size
-    if key in ("pgd", "bim") and random_start is not None:
+    if key in ("pgd", "bim", "apgd") and random_start is not None:
         kwargs["random_start"] = random_start
     if key != "fgsm":
         kwargs["early_stop"] = early_stop
+    if key != "lesson":
+        kwargs["loss"] = loss
+    if key in ("pgd", "bim", "apgd"):
+        kwargs["restarts"] = restarts
     if key == "lesson":
         return LessonAttack(eps=eps, **kwargs)
     if eps is None:
@@ -1186,7 +1615,30 @@ def make_attack(
         if step_size is not None:
             raise ValueError(f"FGSM's one step has length eps; do not pass a step size. Received: step_size={step_size!r}")
         return FGSM(eps=eps, **kwargs)
-    return (PGD if key == "pgd" else BIM)(eps=eps, **kwargs)
+    return {"pgd": PGD, "bim": BIM, "apgd": APGD}[key](eps=eps, **kwargs)
+
+
+def attack_loss(logits, classes, *, loss: str = "crossentropy", targeted: bool = False) -> np.ndarray:
+    """The per-image value the gradient attacks ascend, on given logits.
+
+    Args:
+        logits: `(batch, num_classes)`.
+        classes: the class to leave (untargeted) or the target, per image.
+        loss: `"crossentropy"` (minus it when targeted) or `"margin"`
+            (untargeted: the largest other logit minus the class's;
+            targeted: the target's logit minus the largest other). Defaults
+            to `"crossentropy"`.
+        targeted: whether `classes` are targets. Defaults to `False`.
+
+    Returns:
+        float32 `(batch,)`.
+    """
+    loss = Choice(LOSSES).check("loss", loss)
+    values = _objective(
+        tf.constant(np.asarray(logits, np.float32)), tf.constant(np.asarray(classes, np.int32)),
+        kind=loss, targeted=bool(targeted),
+    )
+    return values.numpy()
 
 
 # --------------------------------------------------------------------------
@@ -1349,15 +1801,31 @@ def transfer_metrics(
 class RobustAccuracy:
     """Accuracy of a model under attack, for several budgets.
 
+    Per-attack fields are indexed `[attack][budget]`, in the order the
+    attacks ran; `broken_by` is indexed `[budget][image]`.
+
     Attributes:
         epsilons: the budgets, in pixel units (0 = no attack).
-        accuracy: fraction of images classified correctly after the attack
-            at each budget (an image counts as correct only when the clean
-            image is correct and the attack fails).
+        accuracy: fraction of images classified correctly after the attacks
+            at each budget: an image counts as correct only when the clean
+            image is correct and every attack failed on it (the worst case
+            per image).
         clean_accuracy: accuracy on the unmodified images.
         num_images: images evaluated.
-        attack: description of the attack (`eps` varies).
+        attack: description of the evaluation (`eps` varies).
         seconds: wall time of the whole sweep.
+        attacks: description of each attack. Defaults to `()`.
+        attack_accuracy: the accuracy each attack alone gives. Exact for the
+            first attack; for a later one only with `each_attack_alone=True`
+            (else `None`: it ran only on the images the earlier ones left).
+            Defaults to `()`.
+        found_by: how many images each attack broke first (that no earlier
+            attack had broken). Defaults to `()`.
+        gradient_steps: forward-and-backward passes each attack spent.
+            Defaults to `()`.
+        broken_by: per image, the index of the attack that broke it first,
+            -1 if none did (robust), -2 if the clean image is already wrong.
+            Defaults to `()`.
     """
 
     epsilons: tuple[float, ...]
@@ -1366,6 +1834,11 @@ class RobustAccuracy:
     num_images: int
     attack: str
     seconds: float = 0.0
+    attacks: tuple[str, ...] = ()
+    attack_accuracy: tuple[tuple[float | None, ...], ...] = ()
+    found_by: tuple[tuple[int, ...], ...] = ()
+    gradient_steps: tuple[tuple[int, ...], ...] = ()
+    broken_by: tuple[tuple[int, ...], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -1396,22 +1869,63 @@ def _materialize(data, labels) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def default_attacks(norm: str | int | float = "inf") -> tuple[PGD, APGD]:
+    """The attacks `robust_accuracy` combines by default (their `eps` is replaced by each budget).
+
+    `PGD(loss="margin", steps=10, restarts=2)`, then
+    `APGD(loss="crossentropy", steps=20)` on the images it left: two
+    losses and two step rules, so one's blind spot (the saturated
+    cross-entropy of a confident model, a fixed step size) is covered by
+    the other. A robust image costs 40 gradient steps, an image broken early
+    a few: on a model that is not robust the sweep costs about what one
+    PGD-10 does.
+
+    Args:
+        norm: `"inf"` or `"2"`. Defaults to `"inf"`.
+    """
+    return (
+        PGD(norm=norm, eps=1.0, steps=10, loss="margin", restarts=2),
+        APGD(norm=norm, eps=1.0, steps=20, loss="crossentropy"),
+    )
+
+
+def _check_attacks(attacks, attack) -> tuple:
+    if attack is not None and attacks is not None:
+        raise ValueError(f"Pass attack or attacks, not both. Received: attack={attack!r}, attacks={attacks!r}")
+    if attack is not None:
+        attacks = (attack,)
+    attacks = default_attacks() if attacks is None else tuple(attacks)
+    if not attacks:
+        raise ValueError("Expected at least one attack. Received: attacks=()")
+    for a in attacks:
+        if not isinstance(a, (PGD, FGSM, APGD)):
+            raise TypeError(f"Expected PGD, BIM, APGD or FGSM attacks. Received: {a!r}")
+    norms = sorted({a.norm for a in attacks})
+    if len(norms) > 1:
+        raise ValueError(f"Expected attacks of one norm (the budgets are radii of it). Received norms {norms}")
+    return attacks
+
+
 def robust_accuracy(
     model: keras.Model,
     data,
     labels=None,
     *,
     epsilons: Sequence[float],
-    attack: PGD | FGSM | None = None,
+    attacks: Sequence[PGD | APGD | FGSM] | None = None,
+    attack: PGD | APGD | FGSM | None = None,
+    each_attack_alone: bool = False,
     batch_size: int = 32,
     seed: int | None = 0,
     verbose: int = 0,
 ) -> RobustAccuracy:
-    """Accuracy of `model` under an untargeted attack of each budget in `epsilons`.
+    """Accuracy of `model` under untargeted attacks of each budget in `epsilons`, worst case per image.
 
     Only correctly classified images are attacked (the others count as
-    errors at every budget), with early stopping, so the sweep costs little
-    more than the images the model gets right.
+    errors at every budget), with early stopping. Attacks run in order, each
+    on the images the earlier ones did not break, so an image counts as
+    robust only when every attack (and every restart) failed on it, and the
+    sweep costs little more than the images the model gets right.
 
     Args:
         model: the classifier.
@@ -1419,50 +1933,89 @@ def robust_accuracy(
             `tf.data.Dataset` of `(images, labels)` (batched or not).
         labels: true classes, with an image array. Defaults to `None`.
         epsilons: the budgets in pixel units; `0` is the clean accuracy.
-        attack: the attack whose `eps` is varied. Defaults to `None`:
-            `PGD(norm="inf", eps=1, steps=10)` (step `2.5 * eps / steps`).
+        attacks: the attacks whose `eps` is varied, all of one norm.
+            Defaults to `None`: `default_attacks()` (margin PGD with two
+            runs, then APGD-CE).
+        attack: one attack, instead of `attacks` (the former interface).
+            Defaults to `None`.
+        each_attack_alone: run every attack on every correctly classified
+            image, so that `attack_accuracy` holds each attack's own
+            accuracy (costs the sum of the attacks). Defaults to `False`.
         batch_size: images attacked at once. Defaults to `32`.
         seed: seed of the random starts. Defaults to `0`.
         verbose: 1 prints one line per budget. Defaults to `0`.
     """
     start = time.perf_counter()
     epsilons = _EPSILONS.check("epsilons", tuple(float(e) for e in epsilons))
-    attack = attack if attack is not None else PGD(norm="inf", eps=1.0, steps=10)
-    if not isinstance(attack, (PGD, FGSM)):
-        raise TypeError(f"Expected a PGD, BIM or FGSM attack. Received: attack={attack!r}")
+    attacks = _check_attacks(attacks, attack)
+    each_attack_alone = Flag().check("each_attack_alone", each_attack_alone)
     images, y = _materialize(data, labels)
     for eps in epsilons:  # all of them before any attack runs
-        check_radius("epsilons", eps, attack.norm, images.shape[1:])
+        check_radius("epsilons", eps, attacks[0].norm, images.shape[1:])
     num_classes = int(_logits_model(model).outputs[0].shape[-1])
     y = _broadcast_classes(y, len(images), num_classes, "labels")
     clean = np.argmax(predict_logits(model, images, batch_size=batch_size), axis=1)
     correct = clean == y
-    accuracies = []
+    sweeps = []
     for eps in epsilons:
-        if eps == 0 or not correct.any():
-            accuracy = _mean(correct)
-        else:
-            attack_eps = dataclasses.replace(attack, eps=eps)
-            result = attack_eps(
-                model, images[correct], Misclassification(y[correct]), batch_size=batch_size, seed=seed
-            )
-            accuracy = float((~result.success).sum()) / len(images)
-        accuracies.append(accuracy)
+        sweep = _one_budget(model, images, y, correct, attacks, eps, each_attack_alone, batch_size, seed)
+        sweeps.append(sweep)
         if verbose:
-            print(f"eps={eps:g}: robust accuracy {accuracy:.4f}", flush=True)
+            found = ", ".join(f"{a.name} {k}" for a, k in zip(attacks, sweep["found_by"]))
+            print(f"eps={eps:g}: robust accuracy {sweep['accuracy']:.4f} (broken first by: {found})", flush=True)
     return RobustAccuracy(
         epsilons=epsilons,
-        accuracy=tuple(accuracies),
+        accuracy=tuple(s["accuracy"] for s in sweeps),
         clean_accuracy=_mean(correct),
         num_images=int(len(images)),
-        attack=_sweep_description(attack),
+        attack=_sweep_description(attacks),
         seconds=time.perf_counter() - start,
+        attacks=tuple(_describe_varying(a) for a in attacks),
+        attack_accuracy=tuple(tuple(s["alone"][k] for s in sweeps) for k in range(len(attacks))),
+        found_by=tuple(tuple(s["found_by"][k] for s in sweeps) for k in range(len(attacks))),
+        gradient_steps=tuple(tuple(s["steps"][k] for s in sweeps) for k in range(len(attacks))),
+        broken_by=tuple(tuple(s["broken_by"]) for s in sweeps),
     )
 
 
-def _sweep_description(attack: PGD | FGSM) -> str:
+def _one_budget(model, images, y, correct, attacks, eps: float, each_alone: bool, batch_size: int, seed) -> dict:
+    """The attacks of one budget: worst case per image, and what each attack did."""
+    n = len(images)
+    broken = np.where(correct, -1, -2)
+    alone: list[float | None] = [None] * len(attacks)
+    found, steps = [0] * len(attacks), [0] * len(attacks)
+    for k, attack in enumerate(attacks):
+        todo = np.flatnonzero(correct if each_alone else broken == -1)
+        if eps == 0 or not todo.size:
+            alone[k] = _mean(correct) if (each_alone or k == 0 or eps == 0) else None
+            continue
+        result = dataclasses.replace(attack, eps=eps)(
+            model, images[todo], Misclassification(y[todo]), batch_size=batch_size, seed=seed
+        )
+        steps[k] = int(result.gradient_steps.sum())
+        hit = todo[result.success]
+        first = hit[broken[hit] == -1]
+        broken[first] = k
+        found[k] = int(first.size)
+        if each_alone or k == 0:
+            alone[k] = float(int(correct.sum()) - int(result.success.sum())) / n
+    return {
+        "accuracy": float((broken == -1).sum()) / n if n else float("nan"),
+        "alone": alone,
+        "found_by": found,
+        "steps": steps,
+        "broken_by": broken.tolist(),
+    }
+
+
+def _describe_varying(attack: PGD | APGD | FGSM) -> str:
+    """An attack's description with its budget left out (it varies)."""
     plan = attack._plan()
     norm = "L-inf" if plan.norm == "inf" else "L2"
+    if isinstance(attack, APGD):
+        loss = "CE" if attack.loss == "crossentropy" else "margin"
+        restarts = f", {attack.restarts} runs (restarts)" if attack.restarts > 1 else ""
+        return f"APGD-{loss} {norm}, {plan.steps} steps (adaptive){restarts}"
     if isinstance(attack, FGSM):
         steps = "1 step of eps"
     elif attack.step_size is None:
@@ -1470,4 +2023,11 @@ def _sweep_description(attack: PGD | FGSM) -> str:
     else:
         steps = f"{plan.steps} steps of {plan.step_size:g}"
     start = ", random start" if plan.random_start else ""
-    return f"{attack.name} {norm} untargeted, eps varies, {steps}{start}"
+    return f"{attack.name} {norm}, {steps}{start}{_loss_and_restarts(attack)}"
+
+
+def _sweep_description(attacks) -> str:
+    parts = [_describe_varying(a) for a in attacks]
+    if len(parts) == 1:
+        return f"{parts[0]}; untargeted, eps varies"
+    return "worst case per image of: " + "; ".join(parts) + "; untargeted, eps varies"

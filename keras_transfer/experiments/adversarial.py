@@ -17,7 +17,21 @@ in `--output-dir`:
   transfer success rate; the configuration and timing;
 - with `--robust-data DIR`: `robust_accuracy.png` and a `robust_accuracy`
   entry in `result.json`: the model's accuracy on held-out images of a
-  class-per-folder tree under an untargeted attack, for every `--epsilons`.
+  class-per-folder tree under untargeted attacks, for every `--epsilons`.
+  `--robust-attacks pgd-margin,apgd-ce` combines several attacks: an image
+  counts as robust only if every attack failed on it (worst case per image;
+  each attack runs on the images the earlier ones left). The entry records
+  the worst-case accuracy, each attack's own accuracy (with
+  `--robust-each-alone`; else the first attack's), how many images each
+  attack broke first (`found_by`), per image which attack did
+  (`broken_by`), and the gradient steps each attack spent; the figure shows
+  the worst case and each attack's curve.
+
+Stronger attacks. `--loss margin` ascends the logit margin instead of the
+cross-entropy (which saturates on a confident model and overstates its
+robustness), `--restarts R` re-attacks the images still unbroken from new
+random starts (pgd, apgd), and `--attack apgd` is auto-PGD (Croce and Hein
+2020; adaptive step size with momentum, 100 steps by default).
 
 Transfer. `--transfer-to` scores the same adversarial PNGs on a second model
 (a backbone's ImageNet classifier or a `.keras` file). Its label space may
@@ -43,6 +57,9 @@ Examples::
         --transfer-to runs/cats_vs_dogs/model.keras --transfer-target-class cats --output-dir runs/adv1
     python -m keras_transfer.experiments.adversarial --model runs/cats_vs_dogs/model.keras \\
         --robust-data ../shared/data/cats_vs_dogs/train --epsilons 0,0.5,1,2,4 --output-dir runs/robust
+    python -m keras_transfer.experiments.adversarial --model runs/cats_vs_dogs/model.keras \\
+        --robust-data ../shared/data/cats_vs_dogs/train --epsilons 0,1,2,4 --robust-attacks pgd-margin,apgd-ce \\
+        --restarts 2 --output-dir runs/robust_worst_case
 """
 
 from __future__ import annotations
@@ -69,8 +86,15 @@ PROG = "python -m keras_transfer.experiments.adversarial"
 DEFAULT_EPS = 4.0
 # The names of keras_transfer.adversarial.ATTACKS and NORMS, without importing
 # TensorFlow for --help.
-ATTACK_CHOICES = ("lesson", "fgsm", "pgd", "bim")
+ATTACK_CHOICES = ("lesson", "fgsm", "pgd", "bim", "apgd")
 NORM_CHOICES = ("inf", "2")
+LOSS_CHOICES = ("crossentropy", "margin")
+# --robust-attacks: a bounded attack, optionally with its loss (ce or margin;
+# without it, --loss).
+ROBUST_ATTACK_CHOICES = tuple(
+    f"{name}{suffix}" for name in ("fgsm", "pgd", "bim", "apgd") for suffix in ("", "-ce", "-margin")
+)
+_LOSS_SUFFIXES = {"ce": "crossentropy", "margin": "margin"}
 RESIZE_CHOICES = ("stretch", "crop", "pad")
 ROBUST_SPLITS = ("val", "train", "all")
 DEFAULT_EPSILONS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -151,6 +175,15 @@ class AdversarialConfig(ClassifierSource):
         None, kind=Optional(_RADIUS), group=_ATTACK,
         help="step length in pixel units (None: 2.5 * eps / steps for pgd/bim; 1, as RMS, for lesson).",
     )
+    loss: str = setting(
+        "crossentropy", kind=Choice(LOSS_CHOICES), group=_ATTACK,
+        help="the loss fgsm/pgd/bim/apgd ascend: crossentropy, or margin (the logit margin, which does not "
+        "saturate on a confident model: a stronger attack).",
+    )
+    restarts: int = setting(
+        1, kind=Int(min=1, max=1000), group=_ATTACK,
+        help="runs per image for pgd and apgd: an image still unbroken is attacked again from a new random start.",
+    )
     early_stop: bool = setting(
         True, kind=Flag(), group=_ATTACK,
         help="stop each image at its first success; --no-early-stop runs every step (a more confident, larger "
@@ -193,6 +226,17 @@ class AdversarialConfig(ClassifierSource):
         0.2, kind=Real(min=0, max=1, max_open=True), group=_ROBUST, help="held-out fraction per class."
     )
     split_seed: int = setting(0, kind=Int(min=0), group=_ROBUST, help="seed of the held-out split.")
+    robust_attacks: tuple[str, ...] | None = setting(
+        None, kind=Optional(Many(Choice(ROBUST_ATTACK_CHOICES))), group=_ROBUST, metavar="A1,A2,...",
+        help="attacks combined for --robust-data, worst case per image (e.g. pgd-margin,apgd-ce): fgsm, pgd, bim "
+        "or apgd, optionally -ce or -margin (else --loss), with --norm, --steps, --step-size, --restarts (pgd, "
+        "apgd). None: --attack alone.",
+    )
+    robust_each_alone: bool = setting(
+        False, kind=Flag(), group=_ROBUST,
+        help="run every --robust-attacks attack on every correctly classified image, to record each one's own "
+        "accuracy (costs the sum of the attacks; else later attacks only see the images earlier ones left).",
+    )
     epsilons: tuple[float, ...] = setting(
         DEFAULT_EPSILONS, kind=Many(Real(min=0, max=MAX_RADIUS)), group=_ROBUST, metavar="E1,E2,...",
         help="comma-separated budgets in pixel units (0 = the clean accuracy).",
@@ -209,7 +253,7 @@ class AdversarialConfig(ClassifierSource):
             raise ValueError(
                 "Expected --image files or an --images folder to attack, or --robust-data. Received none of them."
             )
-        if self.robust_data is not None and self.attack == "lesson":
+        if self.robust_data is not None and self.attack == "lesson" and self.robust_attacks is None:
             raise ValueError(
                 "Robust accuracy needs a bounded attack (fgsm, pgd or bim): it varies eps. Received: attack='lesson'"
             )
@@ -224,7 +268,7 @@ class AdversarialConfig(ClassifierSource):
         if self.robust_data is not None:
             from keras_transfer import adversarial as adv
 
-            self.make_attack(eps=1.0)
+            self.make_robust_attacks()
             for eps in self.epsilons:
                 adv.check_radius("epsilons", eps, self.norm)
 
@@ -241,7 +285,7 @@ class AdversarialConfig(ClassifierSource):
         if eps is not None:
             return adv.make_attack(
                 self.attack, norm=self.norm, eps=eps, steps=self.steps, step_size=self.step_size,
-                quantize=self.quantize,
+                quantize=self.quantize, loss=self.loss, restarts=self.restarts,
             )
         return adv.make_attack(
             self.attack,
@@ -251,7 +295,28 @@ class AdversarialConfig(ClassifierSource):
             step_size=self.step_size,
             early_stop=self.early_stop,
             quantize=self.quantize,
+            loss=self.loss,
+            restarts=self.restarts,
         )
+
+    def make_robust_attacks(self) -> list:
+        """The attacks of `--robust-attacks` (else `--attack`), at `eps=1` (robust accuracy varies it).
+
+        `--restarts` applies to the attacks with a random start (pgd, apgd).
+        """
+        from keras_transfer import adversarial as adv
+
+        if self.robust_attacks is None:
+            return [self.make_attack(eps=1.0)]
+        attacks = []
+        for spec in self.robust_attacks:
+            name, _, suffix = spec.partition("-")
+            attacks.append(adv.make_attack(
+                name, norm=self.norm, eps=1.0, steps=self.steps if name != "fgsm" else None,
+                step_size=self.step_size if name in ("pgd", "bim") else None, quantize=self.quantize,
+                loss=_LOSS_SUFFIXES.get(suffix, self.loss), restarts=self.restarts if name in ("pgd", "apgd") else 1,
+            ))
+        return attacks
 
 
 # --------------------------------------------------------------------------
@@ -585,8 +650,9 @@ def _robust_accuracy(config: AdversarialConfig, job: _RobustJob, model, names: S
     from keras_transfer.plotting.adversarial import plot_robust_accuracy
 
     curve = adv.robust_accuracy(
-        model, job.images, job.labels, epsilons=config.epsilons, attack=config.make_attack(eps=1.0),
-        batch_size=config.batch_size, seed=config.seed, verbose=int(config.progress),
+        model, job.images, job.labels, epsilons=config.epsilons, attacks=config.make_robust_attacks(),
+        each_attack_alone=config.robust_each_alone, batch_size=config.batch_size, seed=config.seed,
+        verbose=int(config.progress),
     )
 
     def last_two(path: str) -> str:
@@ -596,7 +662,7 @@ def _robust_accuracy(config: AdversarialConfig, job: _RobustJob, model, names: S
     source = last_two(config.model) if config.model else config.backbone
     figure = plot_robust_accuracy(
         curve,
-        labels=[curve.attack],
+        labels=[curve.attack if len(curve.attacks) == 1 else "worst case per image"],
         title=f"{source} on {last_two(config.robust_data)}\n({config.robust_split} split, {rounding})",
     )
     files.save_figure(figure, os.path.join(config.output_dir, "robust_accuracy.png"), dpi=100)
@@ -641,6 +707,9 @@ def _report(summary: dict, config: AdversarialConfig, seconds: float) -> None:
         curve = summary["robust_accuracy"]
         pairs = ", ".join(f"eps {e:g}: {_number(a, '.3f')}" for e, a in zip(curve["epsilons"], curve["accuracy"]))
         print(f"robust accuracy ({curve['attack']}, n={curve['num_images']}): {pairs}")
+        if len(curve["attacks"]) > 1:
+            for name, found in zip(curve["attacks"], curve["found_by"]):
+                print(f"  broken first by {name}: {', '.join(str(k) for k in found)} images per budget")
     if "totals" in summary:
         totals = summary["totals"]
         line = (

@@ -107,15 +107,19 @@ def plot_robust_accuracy(
     *,
     labels: Sequence[str] | None = None,
     title: str | None = None,
+    per_attack: bool = True,
 ) -> Figure:
     """Accuracy under attack against the budget epsilon.
 
     Args:
         curves: a `keras_transfer.adversarial.RobustAccuracy` or a sequence
-            of them (one line each).
+            of them (one line each: the worst case over its attacks).
         labels: legend entry per curve. Defaults to `None`: the attacks'
             descriptions.
         title: figure title. Defaults to `None`.
+        per_attack: for a curve of several attacks, also draw (dashed) each
+            attack's own accuracy where it was measured (see
+            `RobustAccuracy.attack_accuracy`). Defaults to `True`.
     """
     if not isinstance(curves, (list, tuple)):
         curves = [curves]
@@ -123,14 +127,18 @@ def plot_robust_accuracy(
         raise ValueError("Expected at least one RobustAccuracy curve. Received: []")
     if labels is not None and len(labels) != len(curves):
         raise ValueError(f"Expected one label per curve ({len(curves)}). Received {len(labels)} labels")
-    fig = Figure(figsize=(6.0, 4.2 + 0.25 * len(curves)), layout="constrained")
+    extra = [_attack_lines(curve) if per_attack else [] for curve in curves]
+    fig = Figure(figsize=(6.0, 4.2 + 0.25 * (len(curves) + sum(map(len, extra)))), layout="constrained")
     ax = fig.subplots()
     for i, curve in enumerate(curves):
         label = labels[i] if labels is not None else curve.attack
-        ax.plot(curve.epsilons, curve.accuracy, marker="o", label=f"{label} (n={curve.num_images})")
+        line = ax.plot(curve.epsilons, curve.accuracy, marker="o", label=f"{label} (n={curve.num_images})")[0]
         for eps, acc in zip(curve.epsilons, curve.accuracy):
             ax.annotate(f"{acc:.0%}", (eps, acc), textcoords="offset points", xytext=(0, 6),
                         ha="center", fontsize="x-small")
+        for j, (name, xs, ys) in enumerate(extra[i]):
+            ax.plot(xs, ys, linestyle=("--", ":", "-.")[j % 3], marker=".", color=line.get_color(),
+                    alpha=0.6, label=f"{_short(name, 60)} alone")
     ax.set_xlabel("epsilon (pixel levels of 255)")
     ax.set_ylabel("accuracy under attack")
     ax.set_ylim(-0.02, 1.05)
@@ -140,3 +148,16 @@ def plot_robust_accuracy(
     if title:
         ax.set_title(title, fontsize="medium")
     return fig
+
+
+def _attack_lines(curve) -> list[tuple[str, list[float], list[float]]]:
+    """`(attack, epsilons, accuracies)` of each attack of a several-attack curve, where measured."""
+    attacks = getattr(curve, "attacks", ())
+    if len(attacks) < 2:
+        return []
+    lines = []
+    for name, accuracies in zip(attacks, curve.attack_accuracy):
+        points = [(e, a) for e, a in zip(curve.epsilons, accuracies) if a is not None]
+        if points:
+            lines.append((name, [e for e, _ in points], [a for _, a in points]))
+    return lines
