@@ -29,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer import _multi_worker
+from keras_transfer import adversarial as adversarial_lib
+from keras_transfer import adversarial_training
 from keras_transfer import backbones as backbones_lib
 from keras_transfer import calibration as calibration_lib
 from keras_transfer import data as data_lib
@@ -138,6 +140,14 @@ class TrainConfig:
                                                 "fine-tuning ends on the head's weights if it never beats them "
                                                 "(0: run every epoch; a cached head, whose epochs cost "
                                                 "milliseconds, always does)")
+    adversarial_eps: float = setting(0.0, kind=Real(min=0), group="training",
+                                     help="adversarial fine-tuning: phase 2 also trains on its batches attacked "
+                                          "within this radius, in grey levels of the [0, 255] pixels (0: off; see "
+                                          "keras_transfer.adversarial_training). Phase 2 then stops early on the "
+                                          "validation loss under that attack")
+    adversarial_norm: str = adversarial_training.config_setting("norm", group="training")
+    adversarial_steps: int = adversarial_training.config_setting("steps", group="training")
+    adversarial_weight: float = adversarial_training.config_setting("weight", group="training")
     calibrate: bool = setting(False, kind=Flag(), group="model",
                               help="after training, fit a temperature T on the validation split and divide the "
                                    "logits layer's kernel and bias by it, so the saved model's softmax is "
@@ -180,12 +190,25 @@ class TrainConfig:
             self.epochs = DEFAULT_CACHED_HEAD_EPOCHS if self.cache_features else DEFAULT_HEAD_EPOCHS
         if self.epochs + self.fine_tune_epochs == 0:
             raise ValueError("Expected epochs + fine_tune_epochs > 0. Received: epochs=0, fine_tune_epochs=0")
+        if self.adversarial_eps and not self.fine_tune_epochs:
+            raise ValueError("adversarial_eps trains phase 2 adversarially; it needs fine_tune_epochs > 0. "
+                             f"Received: adversarial_eps={self.adversarial_eps}, fine_tune_epochs=0")
+        adversarial_lib.check_radius("adversarial_eps", self.adversarial_eps, self.adversarial_norm)
 
     @property
     def resolved_fine_tune_learning_rate(self) -> float:
         if self.fine_tune_learning_rate is not None:
             return float(self.fine_tune_learning_rate)
         return float(self.learning_rate) / 100.0
+
+    @property
+    def training_attack(self) -> adversarial_training.AdversarialTraining | None:
+        """Phase 2's training attack, or `None` without `adversarial_eps`."""
+        if not self.adversarial_eps:
+            return None
+        return adversarial_training.AdversarialTraining(eps=self.adversarial_eps, norm=self.adversarial_norm,
+                                                        steps=self.adversarial_steps, weight=self.adversarial_weight,
+                                                        seed=self.seed)
 
     @property
     def flip_views(self) -> bool:
@@ -634,12 +657,13 @@ def _head_on_frozen_backbone(ctx: _Context, model: keras.Model, splits: _Splits)
     return {"records": records, "final": final, **_ending(plan, records)}
 
 
-def _early_stop(ctx: _Context, splits: _Splits, *, baseline: float | None = None) -> phases.EarlyStop | None:
+def _early_stop(ctx: _Context, splits: _Splits, *, baseline: float | None = None,
+                monitor: str = "val_loss") -> phases.EarlyStop | None:
     """The early stopping of a phase on images (none without a validation split or with patience 0)."""
     patience = ctx.config.early_stopping_patience
     if not patience or "val" not in splits.ordered:
         return None
-    return phases.EarlyStop(patience, baseline=baseline)
+    return phases.EarlyStop(patience, monitor=monitor, baseline=baseline)
 
 
 def _ending(plan: phases.PhasePlan, records: Mapping[int, Mapping[str, float]]) -> dict[str, Any]:
@@ -697,9 +721,17 @@ def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_e
     optimization = phases.Optimization(lr, schedule=ctx.config.fine_tune_schedule,
                                        warmup_epochs=ctx.config.warmup_epochs, weight_decay=ctx.config.weight_decay,
                                        label_smoothing=ctx.config.label_smoothing)
-    plan = phases.PhasePlan("fine_tune", model, splits.train, splits.ordered.get("val"), first_epoch,
-                            ctx.config.fine_tune_epochs, optimization,
-                            early_stop=_early_stop(ctx, splits, baseline=_head_val_loss(ctx)))
+    attack = ctx.config.training_attack
+    if attack is None:
+        fitted, early_stop = model, _early_stop(ctx, splits, baseline=_head_val_loss(ctx))
+    else:
+        # The head was never attacked: its adversarial loss is unknown, so
+        # phase 2 competes only with its own epochs, under the attack.
+        ctx.say(f"Phase 2 trains adversarially: {attack.describe()}.")
+        fitted = adversarial_training.AdversarialFineTuning(model, attack=attack)
+        early_stop = _early_stop(ctx, splits, monitor="val_adversarial_loss")
+    plan = phases.PhasePlan("fine_tune", fitted, splits.train, splits.ordered.get("val"), first_epoch,
+                            ctx.config.fine_tune_epochs, optimization, early_stop=early_stop)
     records = phases.run_phase(
         plan, options=_fit_options(ctx), run=ctx.run,
         callbacks=[*_image_callbacks(ctx, splits, "fine_tune", first_epoch=first_epoch,

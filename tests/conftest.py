@@ -112,3 +112,27 @@ def tiny_backbone_weights(tmp_path_factory) -> str:
     backbone.save_weights(path)
     keras.backend.clear_session()
     return path
+
+
+@pytest.fixture(scope="session")
+def backbone_weights(tmp_path_factory) -> str:
+    """Weights of a random MobileNet 0.25 (32 px) whose features have unit scale (see test_training)."""
+    import keras
+
+    import keras_transfer as kt
+    from helpers import SIZE, synthetic_images
+
+    keras.utils.set_random_seed(0)
+    backbone = kt.build_backbone("mobilenet", alpha=0.25, image_size=SIZE, weights=None)
+    last_bn = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)][-1]
+    images, _ = synthetic_images(96, seed=0)
+    before_bn = keras.Model(backbone.input, last_bn.input)
+    z = np.asarray(before_bn(images.astype("float32") / 127.5 - 1.0, training=False))
+    z = z.reshape(-1, z.shape[-1])
+    last_bn.moving_mean.assign(z.mean(axis=0))
+    last_bn.gamma.assign(np.sqrt(last_bn.moving_variance.numpy() + last_bn.epsilon) / z.std(axis=0))
+    last_bn.beta.assign(np.full(z.shape[-1], 0.5, np.float32))
+    path = str(tmp_path_factory.mktemp("backbone") / "mobilenet_025_32.weights.h5")
+    backbone.save_weights(path)
+    keras.backend.clear_session()
+    return path

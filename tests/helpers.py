@@ -52,3 +52,16 @@ def assert_layer_round_trip(layer: keras.layers.Layer, inputs: np.ndarray, folde
 
 def _as_json(config: dict) -> dict:
     return json.loads(json.dumps(config, sort_keys=True))
+
+
+SIZE = 32
+CLASSES = ("red", "green", "blue")
+
+
+def synthetic_images(n: int, *, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy images whose strongest colour channel is the class."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(CLASSES)
+    images = 70 + rng.uniform(-25, 25, (n, 1, 1, 3)) + rng.normal(0, 15, (n, size, size, 3))
+    images[np.arange(n), :, :, labels] += 120
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int32)

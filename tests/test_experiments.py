@@ -17,7 +17,7 @@ from keras_transfer.experiments import _common, cats_vs_dogs, folder, pets
 
 COMMON_FLAGS = (
     "--data-dir", "--backbone", "--alpha", "--weights", "--image-size", "--batch-size", "--epochs",
-    "--fine-tune-epochs", "--fine-tune-at", "--learning-rate", "--fine-tune-learning-rate", "--val-split", "--seed",
+    "--fine-tune-epochs", "--fine-tune-at", "--adversarial-eps", "--adversarial-steps", "--learning-rate", "--fine-tune-learning-rate", "--val-split", "--seed",
     "--mixed-precision", "--jit-compile", "--strategy", "--output-dir", "--overwrite", "--cache-features",
     "--no-cache-features", "--augment", "--no-augment", "--resize", "--data-cache", "--dropout", "--pooling",
     "--train-batchnorm", "--early-stopping", "--tensorboard-images-every", "--feature-map-layer", "--verbose",
@@ -100,6 +100,7 @@ def test_bad_flags_exit_with_a_usage_error(capsys):
     for argv, message in (
         (["--data-dir", "x", "--weights", "no/such/file.h5"], "Received: weights='no/such/file.h5'"),
         (["--data-dir", "x", "--backbone", "mobilenett"], "Unknown backbone"),
+        (["--data-dir", "x", "--adversarial-eps", "300"], "Received: adversarial_eps=300"),
     ):
         assert folder.main(argv) == 2
         err = capsys.readouterr().err

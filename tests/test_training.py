@@ -32,17 +32,8 @@ from keras_transfer import training
 from keras_transfer.experiments import _common, folder
 from keras_transfer.plotting import training as plots
 
-SIZE = 32
-CLASSES = ("red", "green", "blue")
+from helpers import CLASSES, SIZE, synthetic_images
 
-
-def synthetic_images(n: int, *, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Noisy images whose strongest colour channel is the class."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % len(CLASSES)
-    images = 70 + rng.uniform(-25, 25, (n, 1, 1, 3)) + rng.normal(0, 15, (n, size, size, 3))
-    images[np.arange(n), :, :, labels] += 120
-    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int32)
 
 
 def image_data(n_train: int = 48, n_val: int = 30, *, test: bool = False) -> data_lib.ImageData:
@@ -66,25 +57,6 @@ def image_data(n_train: int = 48, n_val: int = 30, *, test: bool = False) -> dat
         image_size=SIZE,
         report=report,
     )
-
-
-@pytest.fixture(scope="module")
-def backbone_weights(tmp_path_factory) -> str:
-    """Weights of a random MobileNet 0.25 (32 px) whose features have unit scale."""
-    keras.utils.set_random_seed(0)
-    backbone = kt.build_backbone("mobilenet", alpha=0.25, image_size=SIZE, weights=None)
-    last_bn = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)][-1]
-    images, _ = synthetic_images(96, seed=0)
-    before_bn = keras.Model(backbone.input, last_bn.input)
-    z = np.asarray(before_bn(images.astype("float32") / 127.5 - 1.0, training=False))
-    z = z.reshape(-1, z.shape[-1])
-    last_bn.moving_mean.assign(z.mean(axis=0))
-    last_bn.gamma.assign(np.sqrt(last_bn.moving_variance.numpy() + last_bn.epsilon) / z.std(axis=0))
-    last_bn.beta.assign(np.full(z.shape[-1], 0.5, np.float32))
-    path = str(tmp_path_factory.mktemp("backbone") / "mobilenet_025_32.weights.h5")
-    backbone.save_weights(path)
-    keras.backend.clear_session()
-    return path
 
 
 def tiny_config(weights: str | None, **overrides) -> training.TrainConfig:
