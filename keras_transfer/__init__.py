@@ -36,6 +36,7 @@ from keras_transfer.layers import (
 )
 from keras_transfer.models import (
     build_classifier,
+    build_ensemble,
     build_imagenet_classifier,
     freeze_backbone,
     load_model,
@@ -74,6 +75,7 @@ __all__ = [
     "build_augmentation",
     "build_backbone",
     "build_classifier",
+    "build_ensemble",
     "build_imagenet_classifier",
     "corrupt",
     "corruption_accuracy",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import math
 import numbers
 import os
 import random
@@ -43,6 +44,7 @@ POOLING_NAME = "pooling"
 STANDARDIZATION_NAME = "feature_standardization"
 DROPOUT_NAME = "dropout"
 LOGITS_NAME = "logits"
+ENSEMBLE_COMBINES = ("probabilities", "logits")
 
 
 def build_classifier(
@@ -522,3 +524,144 @@ def _is_softmax(activation) -> bool:
 
 def _single_input(model: keras.Model):
     return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+
+# --------------------------------------------------------------------------
+# Ensembles: several classifiers as one model.
+# --------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class EnsembleLogits(keras.layers.Layer):
+    """Combines the logits of the members of an ensemble into its logits.
+
+    With `combine="probabilities"` the output is the log of the mean of the
+    members' softmax, `logsumexp_i(log_softmax(z_i)) - log(n)`: its softmax
+    is exactly the mean probability, and it is computed without
+    exponentiating raw logits, so it neither overflows nor saturates (an
+    attack gets the gradient of the mean probability's log). With
+    `combine="logits"` it is the mean of the logits.
+
+    The layer computes in float32 whatever the global dtype policy.
+
+    Args:
+        combine: `"probabilities"` or `"logits"`. Defaults to
+            `"probabilities"`.
+    """
+
+    def __init__(self, combine: str = "probabilities", **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if combine not in ENSEMBLE_COMBINES:
+            raise ValueError(f"Expected combine in {ENSEMBLE_COMBINES}. Received: combine={combine!r}")
+        self.combine = combine
+
+    def call(self, inputs):
+        if not isinstance(inputs, (list, tuple)):
+            inputs = [inputs]
+        stacked = keras.ops.stack([keras.ops.cast(x, self.compute_dtype) for x in inputs], axis=1)
+        if self.combine == "logits":
+            return keras.ops.mean(stacked, axis=1)
+        log_probabilities = keras.ops.log_softmax(stacked, axis=-1)
+        return keras.ops.logsumexp(log_probabilities, axis=1) - math.log(len(inputs))
+
+    def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(input_shape[0], (list, tuple)):
+            return tuple(input_shape[0])
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["combine"] = self.combine
+        return config
+
+
+def build_ensemble(
+    members: Sequence[keras.Model],
+    *,
+    combine: str = "probabilities",
+    name: str = "ensemble",
+) -> keras.Model:
+    """One functional classifier made of several: the lesson's defence, attacked as a whole.
+
+    Every member sees the same image (each applies its own preprocessing)
+    and the `EnsembleLogits` layer (named `"logits"`) combines their logits.
+    Members that end in a softmax are used through `as_logits_model`. The
+    members are nested models, kept under their own names (a name used
+    twice gets a suffix, `_2`, `_3`, ...), and share their weights with the
+    models passed in. The ensemble saves and loads as `.keras`
+    (`save_model`, `load_model`), and the attacks of
+    `keras_transfer.adversarial` differentiate its logits like any
+    classifier's.
+
+    Args:
+        members: the classifiers, each from RGB images in [0, 255] of one
+            common size to scores of one common number of classes.
+        combine: `"probabilities"`: the ensemble's softmax is the mean of the
+            members' softmax (its logits are the log of that mean);
+            `"logits"`: the mean of the members' logits. Defaults to
+            `"probabilities"`.
+        name: model name. Defaults to `"ensemble"`.
+
+    Returns:
+        A functional `keras.Model` from RGB images in [0, 255] to float32
+        logits.
+
+    Raises:
+        TypeError: `members` is not a sequence of `keras.Model`.
+        ValueError: no member, members of different input sizes or numbers
+            of classes (the message lists every member's), a bad `combine`
+            or `name`.
+    """
+    if isinstance(members, keras.Model) or not isinstance(members, Sequence):
+        raise TypeError(f"Expected a sequence of keras.Model. Received: members={members!r}")
+    if not members:
+        raise ValueError("Expected at least one member. Received: members=[]")
+    for index, member in enumerate(members):
+        if not isinstance(member, keras.Model):
+            raise TypeError(f"Expected keras.Model members. Received: members[{index}] of type {type(member).__name__}")
+    if combine not in ENSEMBLE_COMBINES:
+        raise ValueError(f"Expected combine in {ENSEMBLE_COMBINES}. Received: combine={combine!r}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"Expected a non-empty model name. Received: name={name!r}")
+    _check_no_shared_weights(members)
+    logits_members = _uniquely_named([as_logits_model(member) for member in members])
+    shapes = [(member.name, image_size_of(member), int(member.outputs[0].shape[-1])) for member in logits_members]
+    described = "[" + ", ".join(f"{n!r} ({s} px, {c} classes)" for n, s, c in shapes) + "]"
+    if len({size for _, size, _ in shapes}) > 1:
+        raise ValueError(f"Expected members that take the same input size. Received: members={described}")
+    if len({classes for _, _, classes in shapes}) > 1:
+        raise ValueError(f"Expected members with the same number of classes. Received: members={described}")
+    size = shapes[0][1]
+    inputs = keras.Input(shape=(size, size, 3), name=INPUT_NAME)
+    outputs = EnsembleLogits(combine, name=LOGITS_NAME)([member(inputs) for member in logits_members])
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _check_no_shared_weights(members: Sequence[keras.Model]) -> None:
+    """Members must be separate models: shared layers cannot be saved and restored as such."""
+    owner: dict[int, int] = {}
+    for index, member in enumerate(members):
+        for variable in member.weights:
+            first = owner.setdefault(id(variable), index)
+            if first != index:
+                raise ValueError(
+                    f"Expected members that share no weights (the same model passed twice, or one inside "
+                    f"another?). Received: members[{first}] ({members[first].name!r}) and members[{index}] "
+                    f"({member.name!r}) share the variable {variable.path!r}"
+                )
+
+
+def _uniquely_named(members: Sequence[keras.Model]) -> list[keras.Model]:
+    """The members, each one whose name is taken renamed by a wrapper (sharing its layers)."""
+    taken = {INPUT_NAME, LOGITS_NAME}
+    unique = []
+    for member in members:
+        new_name, k = member.name, 2
+        while new_name in taken:
+            new_name, k = f"{member.name}_{k}", k + 1
+        taken.add(new_name)
+        if new_name != member.name:
+            member = keras.Model(_single_input(member), member.outputs[0], name=new_name)
+        unique.append(member)
+    return unique
