@@ -5,9 +5,9 @@ take RGB pixels in [0, 255]; two-phase training (head on cached features, then
 fine-tuning); class visualization and adversarial examples on any classifier.
 
 Submodules: `backbones`, `layers`, `models`, `data`, `training`, `phases`,
-`evaluation`, `calibration`, `corruptions`, `inference`, `export`, `explain`, `probe`, `visualization`,
-`adversarial`, `classes`, `imagenet`, `plotting`, and the command lines in
-`experiments`.
+`evaluation`, `calibration`, `inference`, `export`, `explain`, `probe`,
+`visualization`, `adversarial`, `adversarial_training`, `corruptions`,
+`classes`, `imagenet`, `plotting`, and the command lines in `experiments`.
 """
 
 from keras_transfer._downloads import DatasetUnavailableError, WeightsUnavailableError

@@ -125,7 +125,9 @@ def main(argv=None) -> None:
     )
     epsilons = tuple(float(e) for e in args.epsilons.split(","))
     attack = make_attacks(kind=args.attacks, steps=args.steps, quantize=args.quantize)
-    rows = evaluate({**members, f"ensemble ({args.combine})": ensemble}, images, labels,
+    # One model is its own table (an ensemble of one would only repeat it).
+    models = {**members, f"ensemble ({args.combine})": ensemble} if len(members) > 1 else members
+    rows = evaluate(models, images, labels,
                     epsilons=epsilons, attack=attack, batch_size=args.batch_size)
     summary = {
         "command": " ".join(["python", *sys.argv]),
