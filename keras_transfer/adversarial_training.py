@@ -49,7 +49,10 @@ from keras_transfer import models as models_lib
 from keras_transfer import settings
 from keras_transfer.settings import Choice, Flag, Int, Optional, Real, setting
 
-_MIXED_SEED = 0x9E3779B1  # decorrelates the attack's random starts from the other seeded streams
+# Validation batches draw their random starts from a stream of their own (the
+# optimizer's step does not move while validating).
+_VALIDATION_STREAM = 506952112
+_MAX_SEED = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -178,8 +181,8 @@ class AdversarialFineTuning(keras.Model):
         if training and self.augmentation is not None:
             x = self.augmentation(x, training=True)
         step = tf.cast(self.optimizer.iterations, tf.int32)
-        # Validation batches draw from a stream of their own (the step does not move while validating).
-        seed = tf.stack([tf.constant(self.attack.seed + _MIXED_SEED * (not training), tf.int32) % (2**31 - 1), step])
+        stream = (self.attack.seed + (0 if training else _VALIDATION_STREAM)) % _MAX_SEED
+        seed = tf.stack([tf.constant(stream, tf.int32), step])
         body = self._body[0]
         labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
         return x, self.attack.perturb(lambda images: body(images, training=False), x, labels, seed)

@@ -13,6 +13,8 @@ import os
 import re
 from collections.abc import Sequence
 
+import numpy as np
+
 from keras_transfer import imagenet
 from keras_transfer.models import load_class_names
 from keras_transfer.run_folder import CLASSES_FILE
@@ -55,6 +57,38 @@ def resolve_class(cls: int | str, class_names: Sequence[str]) -> int:
     suggestions = [class_names[normalized.index(name)] for name in close + contains]
     hint = f" Did you mean: {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
     raise ValueError(f"Unknown class {cls!r} among the model's {n} classes.{hint}")
+
+
+def class_mapping(data_classes: Sequence[str], class_names: Sequence[str], *,
+                  labels: Sequence[str] | None = None, noun: str = "class") -> np.ndarray:
+    """The model's class index of each class of a data set, matched by name (`resolve_class`).
+
+    Args:
+        data_classes: the data set's class names (e.g. its class folders).
+        class_names: the model's class names.
+        labels: how to name each data class in an error (e.g. its folder's
+            path). Defaults to `None`: its name.
+        noun: what a data class is, in the error (e.g. `"class folder"`).
+            Defaults to `"class"`.
+
+    Returns:
+        int64 `(len(data_classes),)`.
+
+    Raises:
+        ValueError: a data class that names no class of the model.
+    """
+    mapping = []
+    for i, name in enumerate(data_classes):
+        try:
+            mapping.append(resolve_class(name, class_names))
+        except ValueError as error:
+            label = labels[i] if labels is not None else name
+            plural = noun + ("es" if noun.endswith("s") else "s")
+            raise ValueError(
+                f"{noun.capitalize()} {label!r} names no class of the model: {error} Expected {plural} named as "
+                "the model's classes (classes.json beside a saved run)."
+            ) from None
+    return np.asarray(mapping, np.int64)
 
 
 def class_names_for_model(model_path: str | os.PathLike | None, num_classes: int) -> list[str]:

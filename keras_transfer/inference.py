@@ -456,16 +456,9 @@ def _folder_labels(data_dir, names: Sequence[str]):
     """`(paths, labels, ignored)` of a class-per-folder tree, labels as indices into `names`."""
     root = data_lib.check_dir(data_dir, data_lib.FOLDER_LAYOUT)
     folders, paths, folder_labels, ignored = data_lib.list_class_folders(os.fspath(data_dir))
-    mapping = []
-    for folder in folders:
-        try:
-            mapping.append(classes_lib.resolve_class(folder, names))
-        except ValueError as error:
-            raise ValueError(
-                f"Class folder {os.path.join(root, folder)!r} names no class of the model: {error} "
-                "Expected class folders named as the model's classes (classes.json beside a saved run)."
-            ) from None
-    return paths, np.asarray(mapping, np.int64)[np.asarray(folder_labels, np.int64)], ignored
+    mapping = classes_lib.class_mapping(folders, names, labels=[os.path.join(root, f) for f in folders],
+                                        noun="class folder")
+    return paths, mapping[np.asarray(folder_labels, np.int64)], ignored
 
 
 def score(

@@ -87,7 +87,7 @@ def validation_images(data_dir: str, *, image_size: int, resize: str, val_split:
     from keras_transfer.data import load_folder
 
     data = load_folder(data_dir, image_size=image_size, val_split=val_split, seed=seed, resize=resize)
-    mapping = np.array([classes_lib.resolve_class(name, class_names) for name in data.class_names], np.int32)
+    mapping = classes_lib.class_mapping(data.class_names, class_names).astype(np.int32)
     images, labels = [], []
     for image, label in data.val.as_numpy_iterator():
         images.append(image)

@@ -421,7 +421,7 @@ def _prepare_robust(config: AdversarialConfig, model, names: Sequence[str]) -> _
     if split is None:
         raise ValueError(f"No {config.robust_split!r} split with val_split={config.val_split!r}.")
     # Folder classes -> model classes, by name.
-    mapping = np.array([classes_lib.resolve_class(name, names) for name in data.class_names], np.int32)
+    mapping = classes_lib.class_mapping(data.class_names, names).astype(np.int32)
     images, labels = [], []
     for image, label in split.as_numpy_iterator():
         images.append(image)

@@ -184,15 +184,8 @@ def _load_split(config: CorruptionConfig, model, names: Sequence[str], resize: s
     else:
         data = data_lib.load_folder(config.data, **options)
     split = {"val": data.val, "train": data.train, "all": data.train}[config.split]
-    mapping = []
-    for name in data.class_names:
-        try:
-            mapping.append(classes_lib.resolve_class(name, names))
-        except ValueError as error:
-            raise ValueError(
-                f"Class {name!r} of {config.data!r} names no class of the model: {error} Expected classes named "
-                "as the model's (classes.json beside a saved run)."
-            ) from None
+    mapping = classes_lib.class_mapping(data.class_names, names,
+                                        labels=[f"{name} (in {config.data})" for name in data.class_names])
     table = tf.constant(mapping, tf.int64)
     dataset = split.map(lambda image, label: (image, tf.gather(table, label)))
     return _Split(
