@@ -355,6 +355,30 @@ def unfreeze_backbone(
     return count
 
 
+def layer_rate_factors(model: keras.Model, *, lowest: float) -> dict[str, float]:
+    """Learning-rate factors of the backbone's trainable variables, by variable path (discriminative fine-tuning).
+
+    The backbone's trainable layers with weights, from its top down, get
+    factors spaced geometrically from 1 (the top layer) to `lowest` (the
+    lowest trainable layer); the head's variables are not named (factor 1).
+
+    Args:
+        model: a classifier from `build_classifier`, unfrozen for phase 2.
+        lowest: the factor of the lowest trainable layer, in (0, 1].
+
+    Returns:
+        `{variable.path: factor}` for `phases.LayerwiseAdam`.
+    """
+    if not 0.0 < lowest <= 1.0:
+        raise ValueError(f"Expected lowest to be in (0, 1]. Received: lowest={lowest}")
+    layers = [layer for layer in get_backbone(model).layers if layer.trainable and layer.trainable_weights]
+    factors = {}
+    for depth, layer in enumerate(reversed(layers)):
+        factor = lowest ** (depth / (len(layers) - 1)) if len(layers) > 1 else 1.0
+        factors.update({v.path: float(factor) for v in layer.trainable_weights})
+    return factors
+
+
 def feature_extractor(model: keras.Model) -> keras.Model:
     """Image -> pooled backbone features, sharing the classifier's layers."""
     return keras.Model(model.input, model.get_layer(POOLING_NAME).output, name=f"{model.name}_features")

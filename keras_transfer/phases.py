@@ -77,6 +77,13 @@ class Optimization:
         weight_decay: decoupled weight decay (AdamW, Loshchilov & Hutter
             2019); 0 is plain Adam. Defaults to `0.0`.
         label_smoothing: see `SmoothedSparseCrossentropy`. Defaults to `0.0`.
+        ema_momentum: keep an exponential moving average of the weights with
+            this momentum per step (Polyak averaging, Keras' `use_ema`); the
+            phase validates and ends on the averaged weights. 0 is off.
+            Defaults to `0.0`.
+        rate_factors: a factor of the learning rate per variable path (see
+            `LayerwiseAdam`); variables not named keep factor 1. Defaults to
+            `None` (one rate).
     """
 
     learning_rate: float
@@ -84,10 +91,14 @@ class Optimization:
     warmup_epochs: int = 0
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
+    ema_momentum: float = 0.0
+    rate_factors: Mapping[str, float] | None = None
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Expected schedule to be one of {SCHEDULES}. Received: schedule={self.schedule!r}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ValueError(f"Expected ema_momentum to be in [0, 1). Received: ema_momentum={self.ema_momentum}")
 
     @property
     def scheduled(self) -> bool:
@@ -108,14 +119,51 @@ class Optimization:
 
     def optimizer(self, *, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
         rate = self.rate(steps_per_epoch=steps_per_epoch, epochs=epochs)
+        ema = {"use_ema": True, "ema_momentum": self.ema_momentum} if self.ema_momentum else {}
+        if self.rate_factors:
+            return LayerwiseAdam(rate, rate_factors=self.rate_factors, weight_decay=self.weight_decay or None, **ema)
         if self.weight_decay:
-            return keras.optimizers.AdamW(rate, weight_decay=self.weight_decay)
-        return keras.optimizers.Adam(rate)
+            return keras.optimizers.AdamW(rate, weight_decay=self.weight_decay, **ema)
+        return keras.optimizers.Adam(rate, **ema)
 
     def loss(self) -> keras.losses.Loss:
         if self.label_smoothing:
             return SmoothedSparseCrossentropy(self.label_smoothing)
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class LayerwiseAdam(keras.optimizers.Adam):
+    """Adam (AdamW with `weight_decay`) whose learning rate has a factor per variable.
+
+    Discriminative fine-tuning (Howard & Ruder 2018; "layer-wise learning
+    rate decay" in BEiT and timm): lower layers of a pre-trained network
+    hold more general features and move less. A factor scales the step of
+    its variable; the decoupled weight decay keeps the phase's rate.
+
+    Args:
+        learning_rate: the rate (or schedule) of factor 1.
+        rate_factors: `{variable.path: factor}`; other variables get 1.
+        **kwargs: `keras.optimizers.Adam`'s (e.g. `weight_decay`, `use_ema`).
+    """
+
+    def __init__(self, learning_rate=0.001, *, rate_factors: Mapping[str, float] | None = None, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.rate_factors = {str(k): float(v) for k, v in (rate_factors or {}).items()}
+        self._factors: list[float] = []
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._factors = [self.rate_factors.get(v.path, 1.0) for v in var_list]
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._factors[self._get_variable_index(variable)]  # a Python number: folded into the step
+        super().update_step(gradient, variable, learning_rate if factor == 1.0 else learning_rate * factor)
+
+    def get_config(self):
+        return {**super().get_config(), "rate_factors": dict(self.rate_factors)}
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
@@ -367,10 +415,17 @@ def run_phase(
             verbose=options.verbose,
         )
     check_finite(plan.name, records, plan.optimization.learning_rate)
+    on_start = False
     if stop is not None and records:
         best = stop.best(records)
         if best != max(records) and (best is not None or stop.baseline is not None):
             run.restore_best(plan.model, plan.name, best)
+            on_start = best is None
+    if plan.optimization.ema_momentum and records and not on_start:
+        # The epoch's averaged weights, whichever way it was reached (Keras'
+        # fit ends on the last epoch's; a restored or resumed epoch holds
+        # its average in the optimizer's state). Idempotent.
+        plan.model.optimizer.finalize_variable_values(plan.model.trainable_variables)
     return records
 
 
@@ -378,6 +433,10 @@ def _callbacks(plan, options, run, records, extra, on_commit) -> list[keras.call
     # Order matters at the end of an epoch: logs and images are written
     # before the epoch is committed as done.
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    if plan.optimization.ema_momentum:
+        # Validation (hence early stopping) judges the averaged weights; the
+        # epoch backups hold the raw weights and the average (optimizer state).
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=False))
     if options.tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=options.tensorboard_dir, write_graph=False))
         if plan.optimization.scheduled:

@@ -295,16 +295,22 @@ class NoRunFolder(RunFolder):
     def load_history(self, phase: str):
         return {}, None
 
-    # Without a folder, the weights a phase may return to are kept in memory.
+    # Without a folder, the weights a phase may return to are kept in memory,
+    # with the optimizer's state as a weights file has it (e.g. the averaged
+    # weights of an optimizer with `use_ema`).
     def save_start(self, phase: str, model) -> None:
-        self._kept[(phase, None)] = model.get_weights()
+        self._kept[(phase, None)] = _weights_and_optimizer(model)
 
     def save_epoch(self, phase, records, model, epoch, *, keep: int | None = None) -> None:
         self._kept = {k: v for k, v in self._kept.items() if k[0] != phase or k[1] in (None, keep)}
-        self._kept[(phase, int(epoch))] = model.get_weights()
+        self._kept[(phase, int(epoch))] = _weights_and_optimizer(model)
 
     def restore_best(self, model, phase: str, epoch: int | None) -> None:
-        model.set_weights(self._kept[(phase, epoch)])
+        weights, optimizer_state = self._kept[(phase, epoch)]
+        model.set_weights(weights)
+        if optimizer_state is not None:
+            for variable, value in zip(model.optimizer.variables, optimizer_state):
+                variable.assign(value)
 
     def drop_backups(self, phase: str) -> None:
         self._kept = {k: v for k, v in self._kept.items() if k[0] != phase}
@@ -314,6 +320,12 @@ class NoRunFolder(RunFolder):
 
     def finish(self) -> None:
         pass
+
+
+def _weights_and_optimizer(model) -> tuple[list, list | None]:
+    optimizer = getattr(model, "optimizer", None)
+    state = [v.numpy() for v in optimizer.variables] if optimizer is not None and optimizer.built else None
+    return model.get_weights(), state
 
 
 def _epoch_backup(epoch: int) -> str:

@@ -126,6 +126,15 @@ class TrainConfig:
                                  help="phase 2 starts with this many epochs of linear warmup from 0")
     weight_decay: float = setting(0.0, kind=Real(min=0), group="training",
                                   help="decoupled weight decay of phase 2 (AdamW; 0: Adam)")
+    lowest_layer_rate: float = setting(1.0, kind=Real(min=0, max=1, min_open=True), group="training",
+                                       help="discriminative fine-tuning: phase 2's learning rate of its lowest "
+                                            "trainable backbone layer, as a fraction of the top's; the layers "
+                                            "between get geometrically spaced fractions and the head the full "
+                                            "rate (Howard & Ruder 2018; 1: one rate)")
+    ema_momentum: float = setting(0.0, kind=Real(min=0, max=1, max_open=True), group="training",
+                                  help="phase 2 keeps an exponential moving average of its weights with this "
+                                       "momentum per step (Polyak averaging, Keras' use_ema), validates and ends on "
+                                       "the averaged weights (0: off)")
     train_batchnorm: bool = setting(False, kind=Flag(), group="training",
                                     help="also train BatchNormalization scale and offset in phase 2 (their "
                                          "moving statistics never change)")
@@ -386,12 +395,19 @@ def _fingerprint(config: TrainConfig, data: data_lib.ImageData) -> dict[str, Any
 def _check_fingerprint(saved: Mapping[str, Any], current: Mapping[str, Any], root: str, *, complete: bool) -> None:
     if saved == current:
         return
+    # A setting added after the run was made is absent from its fingerprint:
+    # the run used what is now that setting's default.
+    defaults = jsonable({f.name: f.default for f in dataclasses.fields(TrainConfig)})
     differences = []
     for section in ("train", "data"):
         a, b = saved.get(section, {}), current.get(section, {})
         for key in sorted(set(a) | set(b)):
+            if section == "train" and key not in a and key in defaults and b.get(key) == defaults[key]:
+                continue
             if a.get(key) != b.get(key):
                 differences.append(f"{section}.{key}: saved {a.get(key)!r}, now {b.get(key)!r}")
+    if not differences:
+        return
     what = "a finished run" if complete else "an unfinished run"
     raise ResumeMismatchError(
         f"{root!r} holds {what} with a different configuration, so it cannot be resumed: "
@@ -716,11 +732,17 @@ def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_e
     ctx.start_clock("fine_tune")
     lr = ctx.config.resolved_fine_tune_learning_rate
     trainable = unfreeze_for_fine_tuning(model, ctx.config.fine_tune_at, train_batchnorm=ctx.config.train_batchnorm)
+    factors = None
+    if ctx.config.lowest_layer_rate != 1.0:
+        factors = models_lib.layer_rate_factors(model, lowest=ctx.config.lowest_layer_rate)
+    levers = "".join([f"; lowest layer at {ctx.config.lowest_layer_rate:g} of it" if factors else "",
+                      f"; weights averaged, momentum {ctx.config.ema_momentum:g}" if ctx.config.ema_momentum else ""])
     ctx.say(f"Phase 2: fine-tuning {trainable} backbone layers with weights, "
-            f"{ctx.config.fine_tune_epochs} epochs (learning rate {lr:g}).")
+            f"{ctx.config.fine_tune_epochs} epochs (learning rate {lr:g}{levers}).")
     optimization = phases.Optimization(lr, schedule=ctx.config.fine_tune_schedule,
                                        warmup_epochs=ctx.config.warmup_epochs, weight_decay=ctx.config.weight_decay,
-                                       label_smoothing=ctx.config.label_smoothing)
+                                       label_smoothing=ctx.config.label_smoothing,
+                                       ema_momentum=ctx.config.ema_momentum, rate_factors=factors)
     attack = ctx.config.training_attack
     if attack is None:
         fitted, early_stop = model, _early_stop(ctx, splits, baseline=_head_val_loss(ctx))

@@ -642,13 +642,14 @@ def test_flip_averaged_logits_are_the_mean_of_the_image_and_its_mirror(backbone_
 @pytest.mark.slow
 def test_levers_are_recorded_resumable_and_saved(backbone_weights, tmp_path):
     """Cosine with warmup, AdamW and label smoothing: the learning rate per epoch follows the schedule across a
-    resumption, flip-averaged accuracy is reported, and the saved model loads with its optimizer and loss."""
-    from keras_transfer.phases import Optimization
+    resumption, flip-averaged accuracy is reported, and the saved model loads with its optimizer and loss (layer-wise
+    rates and weight averaging on too)."""
+    from keras_transfer.phases import LayerwiseAdam, Optimization
 
     data = image_data()
     config = tiny_config(backbone_weights, epochs=2, fine_tune_epochs=3, fine_tune_schedule="cosine",
                          warmup_epochs=1, weight_decay=0.01, label_smoothing=0.1, fine_tune_learning_rate=1e-3,
-                         flip_test=True)
+                         flip_test=True, lowest_layer_rate=0.5, ema_momentum=0.5)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         training.train(data, config, output_dir=out, callbacks=[Interrupt(3)])  # after fine-tuning's first epoch
@@ -663,5 +664,110 @@ def test_levers_are_recorded_resumable_and_saved(backbone_weights, tmp_path):
     assert per_step[9] == pytest.approx(1e-3) and per_step[8] == pytest.approx(2e-3 / 3)
     assert result.metrics["final_flip_averaged"]["val"]["accuracy"] >= 0.8
     loaded = kt.load_model(out / "model.keras", compile=True)
-    assert isinstance(loaded.optimizer, keras.optimizers.AdamW)
+    assert isinstance(loaded.optimizer, LayerwiseAdam) and loaded.optimizer.weight_decay == pytest.approx(0.01)
+    assert loaded.optimizer.use_ema and min(loaded.optimizer.rate_factors.values()) == pytest.approx(0.5)
     assert loaded.loss.label_smoothing == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------------
+# Weight averaging (EMA) and discriminative (layer-wise) learning rates.
+
+
+def _small_plan(optimization, *, epochs: int = 4, reversed_val: bool = False, early_stop=None, shuffle=True):
+    """A phase on a two-layer Dense model and 64 points (the same initial weights every call)."""
+    from keras_transfer import phases
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu", name="hidden"),
+                              keras.layers.Dense(3, name="out")])
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = ((x[:, 0] > 0).astype("int32") + (x[:, 1] > 0)).astype("int32")
+    val_y = 2 - y[:32] if reversed_val else y[:32]
+    return phases.PhasePlan("fine_tune", model, phases.feature_batches(x, y, batch_size=16, shuffle=shuffle, seed=0),
+                            phases.feature_batches(x[:32], val_y, batch_size=16), 0, epochs, optimization,
+                            early_stop=early_stop)
+
+
+def test_weight_average_is_validated_resumed_and_ended_on(tmp_path):
+    from keras_transfer import phases
+    from keras_transfer.run_folder import RunFolder
+
+    optimization = phases.Optimization(0.05, ema_momentum=0.8)
+    options = phases.FitOptions(verbose=0)
+    whole = _small_plan(optimization)
+    records = phases.run_phase(whole, options=options, run=RunFolder(tmp_path / "whole"))
+    model = whole.model
+    averages = [v.numpy() for v in model.optimizer._model_variables_moving_average]
+    for variable, average in zip(model.trainable_variables, averages):
+        np.testing.assert_array_equal(variable.numpy(), average)  # the model ends on the average
+    # The recorded validation loss is that of the averaged weights.
+    assert model.evaluate(whole.val, verbose=0)[0] == pytest.approx(records[3]["val_loss"], rel=1e-5)
+    plain = _small_plan(phases.Optimization(0.05))
+    phases.run_phase(plain, options=options)
+    assert not np.allclose(plain.model.get_weights()[0], model.get_weights()[0])
+    # Killed after epoch 1, resumed: the same averaged weights as the run that was not interrupted (in the
+    # same batch order: a resumed shuffle starts its sequence of epoch orders again).
+    ordered = _small_plan(optimization, shuffle=False)
+    phases.run_phase(ordered, options=options, run=RunFolder(tmp_path / "ordered"))
+    cut = _small_plan(optimization, shuffle=False)
+    with pytest.raises(KeyboardInterrupt):
+        phases.run_phase(cut, options=options, run=RunFolder(tmp_path / "cut"), callbacks=[Interrupt(2)])
+    resumed = _small_plan(optimization, shuffle=False)
+    phases.run_phase(resumed, options=options, run=RunFolder(tmp_path / "cut"))
+    for a, b in zip(resumed.model.get_weights(), ordered.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("folder", [True, False])
+def test_weight_average_of_the_best_epoch_when_stopping_early(tmp_path, folder):
+    from keras_transfer import phases
+    from keras_transfer.run_folder import RunFolder
+
+    # Validation labels that training moves away from: epoch 0 stays the best.
+    plan = _small_plan(phases.Optimization(0.05, ema_momentum=0.8), epochs=6, reversed_val=True,
+                       early_stop=phases.EarlyStop(2))
+    run = RunFolder(tmp_path / "run") if folder else None
+    records = phases.run_phase(plan, options=phases.FitOptions(verbose=0), run=run)
+    best = plan.early_stop.best(records)
+    assert best is not None and best < max(records) < 5  # stopped early, and ends on an earlier epoch
+    assert plan.model.evaluate(plan.val, verbose=0)[0] == pytest.approx(records[best]["val_loss"], rel=1e-5)
+
+
+def test_layer_rate_factors_scale_each_layers_steps(backbone_weights):
+    from keras_transfer import phases
+
+    model = kt.build_classifier("mobilenet", alpha=0.25, num_classes=3, image_size=SIZE, weights=backbone_weights)
+    models_lib.unfreeze_backbone(model, top_n=12)
+    factors = models_lib.layer_rate_factors(model, lowest=0.1)
+    layers = [layer for layer in models_lib.get_backbone(model).layers if layer.trainable and layer.trainable_weights]
+    assert factors[layers[-1].trainable_weights[0].path] == 1.0
+    assert factors[layers[0].trainable_weights[0].path] == pytest.approx(0.1)
+    ratios = [factors[b.trainable_weights[0].path] / factors[a.trainable_weights[0].path]
+              for a, b in zip(layers, layers[1:])]
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-6)  # geometric spacing
+    assert model.get_layer("logits").kernel.path not in factors
+    with pytest.raises(ValueError, match="lowest=0"):
+        models_lib.layer_rate_factors(model, lowest=0.0)
+    # One Adam step moves a variable by about lr * factor (Adam's first step is lr * sign(gradient)).
+    variables = model.trainable_variables
+    before = [v.numpy().copy() for v in variables]
+    optimizer = phases.Optimization(1e-3, rate_factors=factors).optimizer(steps_per_epoch=1, epochs=1)
+    assert isinstance(optimizer, phases.LayerwiseAdam)
+    optimizer.apply_gradients([(tf.ones_like(v), v) for v in variables])
+    for variable, old in zip(variables, before):
+        step = np.abs(variable.numpy() - old).max()
+        assert step == pytest.approx(1e-3 * factors.get(variable.path, 1.0), rel=1e-3)
+    restored = phases.LayerwiseAdam.from_config(optimizer.get_config())
+    assert restored.rate_factors == factors
+
+
+def test_old_runs_resume_when_a_new_setting_keeps_its_default():
+    from keras_transfer.errors import ResumeMismatchError
+
+    saved = {"train": {k: v for k, v in training.TrainConfig().fingerprint().items() if k != "ema_momentum"},
+             "data": {}}
+    current = {"train": training.TrainConfig().fingerprint(), "data": {}}
+    training._check_fingerprint(saved, current, "run", complete=False)  # no error
+    current["train"]["ema_momentum"] = 0.9
+    with pytest.raises(ResumeMismatchError, match="ema_momentum: saved None, now 0.9"):
+        training._check_fingerprint(saved, current, "run", complete=False)
