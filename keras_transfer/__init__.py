@@ -6,7 +6,7 @@ fine-tuning); class visualization and adversarial examples on any classifier.
 
 Submodules: `backbones`, `layers`, `models`, `data`, `training`, `phases`,
 `evaluation`, `calibration`, `inference`, `export`, `explain`, `probe`,
-`visualization`, `adversarial`, `adversarial_training`, `corruptions`,
+`visualization`, `adversarial`, `adversarial_training`, `mixing`, `training_wrapper`, `corruptions`,
 `classes`, `imagenet`, `plotting`, and the command lines in `experiments`.
 """
 

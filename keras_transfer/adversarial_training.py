@@ -45,14 +45,14 @@ import keras
 import tensorflow as tf
 
 from keras_transfer import adversarial
-from keras_transfer import models as models_lib
 from keras_transfer import settings
 from keras_transfer.settings import Choice, Flag, Int, Optional, Real, setting
+from keras_transfer.training_wrapper import ClassifierTrainer
 
 # Validation batches draw their random starts from a stream of their own (the
-# optimizer's step does not move while validating).
+# optimizer's step does not move while validating); `step_seed` reduces
+# streams modulo `training_wrapper.MAX_SEED`.
 _VALIDATION_STREAM = 506952112
-_MAX_SEED = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -143,7 +143,7 @@ class AdversarialTraining:
         return tf.stop_gradient(x_adv)
 
 
-class AdversarialFineTuning(keras.Model):
+class AdversarialFineTuning(ClassifierTrainer):
     """Fits `classifier` on a mix of clean and attacked batches (see the module docstring).
 
     Calling it is calling the classifier; its weights are the classifier's,
@@ -157,59 +157,37 @@ class AdversarialFineTuning(keras.Model):
     """
 
     def __init__(self, classifier: keras.Model, *, attack: AdversarialTraining, **kwargs):
-        super().__init__(name=kwargs.pop("name", f"{classifier.name}_adversarial"), **kwargs)
-        self.classifier = classifier
+        super().__init__(classifier, name=kwargs.pop("name", f"{classifier.name}_adversarial"), **kwargs)
         self.attack = attack
-        self.augmentation, body = _split_augmentation(classifier)
-        # Not a tracked attribute: the body shares the classifier's layers,
-        # which must be saved once, under the classifier.
-        self._body = (body,)
         self.adversarial_loss = keras.metrics.Mean(name="adversarial_loss")
         self.adversarial_accuracy = keras.metrics.SparseCategoricalAccuracy(name="adversarial_accuracy")
-        self.built = True
-
-    @property
-    def outputs(self):
-        """The classifier's outputs (what compiling for its number of classes looks at)."""
-        return self.classifier.outputs
-
-    def call(self, inputs, training=False):
-        return self.classifier(inputs, training=training)
 
     def _attacked(self, x, y, *, training: bool):
-        x = tf.cast(x, tf.float32)
-        if training and self.augmentation is not None:
-            x = self.augmentation(x, training=True)
-        step = tf.cast(self.optimizer.iterations, tf.int32)
-        stream = (self.attack.seed + (0 if training else _VALIDATION_STREAM)) % _MAX_SEED
-        seed = tf.stack([tf.constant(stream, tf.int32), step])
-        body = self._body[0]
+        x = self.augment(x, training=training)
+        seed = self.step_seed(self.attack.seed + (0 if training else _VALIDATION_STREAM))
         labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        return x, self.attack.perturb(lambda images: body(images, training=False), x, labels, seed)
+        return x, self.attack.perturb(lambda images: self.forward(images, training=False), x, labels, seed)
 
     def train_step(self, data):
         x, y = data[0], data[1]
         x, x_adv = self._attacked(x, y, training=True)
-        body = self._body[0]
         weight = self.attack.weight
         with tf.GradientTape() as tape:
-            clean = body(x, training=True)
-            attacked = body(x_adv, training=True)
+            clean = self.forward(x, training=True)
+            attacked = self.forward(x_adv, training=True)
             # Each loss holds the regularization once; their weights sum to 1.
             clean_loss = self.compute_loss(x=x, y=y, y_pred=clean, training=True)
             adversarial_loss = self.compute_loss(x=x_adv, y=y, y_pred=attacked, training=True)
             loss = (1.0 - weight) * clean_loss + weight * adversarial_loss
             scaled = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        self.minimize(tape, scaled)
         return self._update_metrics(y, loss, clean, adversarial_loss, attacked)
 
     def test_step(self, data):
         x, y = data[0], data[1]
         x, x_adv = self._attacked(x, y, training=False)
-        body = self._body[0]
-        clean = body(x, training=False)
-        attacked = body(x_adv, training=False)
+        clean = self.forward(x, training=False)
+        attacked = self.forward(x_adv, training=False)
         loss = self.compute_loss(x=x, y=y, y_pred=clean, training=False)
         adversarial_loss = self.compute_loss(x=x_adv, y=y, y_pred=attacked, training=False)
         return self._update_metrics(y, loss, clean, adversarial_loss, attacked)
@@ -227,18 +205,6 @@ class AdversarialFineTuning(keras.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
 
-def _split_augmentation(classifier: keras.Model):
-    """(the classifier's augmentation layer or None, the classifier from the augmented pixels on)."""
-    try:
-        augmentation = classifier.get_layer(models_lib.AUGMENTATION_NAME)
-    except ValueError:
-        return None, classifier
-    body = keras.Model(augmentation.output, classifier.output, name=f"{classifier.name}_after_augmentation")
-    return augmentation, body
-
-
 def config_setting(name: str, *, group: str | None = None):
     """`AdversarialTraining`'s setting `name` (default, kind, help), declared for another config's field."""
-    field = {f.name: f for f in dataclasses.fields(AdversarialTraining)}[name]
-    spec = settings.spec_of(field)
-    return setting(field.default, kind=spec.kind, help=spec.help, group=group)
+    return settings.declared(AdversarialTraining, name, group=group)

@@ -355,6 +355,54 @@ def unfreeze_backbone(
     return count
 
 
+def split_below_trainable(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """`(bottom, top)` of a classifier unfrozen for phase 2, sharing its layers.
+
+    `bottom` maps images to the highest tensor of the backbone below its
+    lowest trainable layer through which the whole rest of the backbone
+    passes (a residual block's skip connection cannot be cut, so the cut
+    moves down to the block's input); it has no trainable weights.
+    `top` maps that tensor to the logits: the rest of the backbone (in
+    inference mode, as in the classifier) and the head. Training `top`
+    trains the classifier itself. The augmentation layer is in neither.
+
+    Args:
+        model: a classifier from `build_classifier` with a trainable part
+            of its backbone (`unfreeze_backbone`).
+
+    Raises:
+        ValueError: no layer of the backbone is trainable, or no tensor
+            below the lowest trainable one carries the whole graph.
+    """
+    base = get_backbone(model)
+    layers = base.layers
+    first = next((i for i, layer in enumerate(layers) if layer.trainable and layer.trainable_weights), None)
+    if first is None:
+        raise ValueError(f"Expected a classifier with trainable backbone layers (unfreeze_backbone). Received: "
+                         f"model {model.name!r} with a frozen backbone")
+    for index in range(first - 1, -1, -1):
+        cut = layers[index].output
+        try:
+            upper = keras.Model(cut, base.output, name=f"{base.name}_top")
+        except ValueError:  # a tensor the rest of the graph bypasses (a skip connection)
+            continue
+        break
+    else:
+        raise ValueError(f"No tensor below the lowest trainable layer {layers[first].name!r} of the backbone "
+                         f"carries the whole graph above it; fine-tune from a higher layer.")
+    images = keras.Input(shape=tuple(model.input.shape[1:]), name=INPUT_NAME)
+    x = model.get_layer(PREPROCESSING_NAME)(images)
+    lower = keras.Model(base.input, cut, name=f"{base.name}_bottom")
+    bottom = keras.Model(images, InferenceBackbone(lower, name="backbone_bottom")(x), name=f"{model.name}_bottom")
+    features = keras.Input(shape=tuple(cut.shape[1:]), name="bottom_features")
+    x = InferenceBackbone(upper, name="backbone_top")(features)
+    names = [layer.name for layer in model.layers]
+    for name in (POOLING_NAME, STANDARDIZATION_NAME, DROPOUT_NAME, LOGITS_NAME):
+        if name in names:
+            x = model.get_layer(name)(x)
+    return bottom, keras.Model(features, x, name=f"{model.name}_top")
+
+
 def layer_rate_factors(model: keras.Model, *, lowest: float) -> dict[str, float]:
     """Learning-rate factors of the backbone's trainable variables, by variable path (discriminative fine-tuning).
 

@@ -498,6 +498,25 @@ def feature_batches(features: np.ndarray, labels: np.ndarray, *, batch_size: int
     return distribution_options(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
+def view_batches(views: Sequence[np.ndarray], labels: np.ndarray, *, batch_size: int, seed: int = 0):
+    """Shuffled batches of one randomly drawn view of each example (another draw every epoch).
+
+    With `views = (features of the images, features of their mirror
+    images)` an epoch is what an epoch on images with a random flip is.
+    """
+    labels = np.asarray(labels).astype(np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((tuple(views), labels))
+    ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    if len(views) > 1:
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, draws)).map(
+            lambda example, draw: (tf.gather(tf.stack(example[0]), draw % len(views)), example[1]),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda example_views, label: (example_views[0], label))
+    return distribution_options(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
 def mirrored(ds: tf.data.Dataset) -> tf.data.Dataset:
     """The split's images flipped left-right."""
     return ds.map(lambda image, label: (tf.image.flip_left_right(image), label))

@@ -336,6 +336,33 @@ def spec_of(field: dataclasses.Field) -> Spec | None:
     return field.metadata.get(_META)
 
 
+def declared(config_type, name: str, *, group: str | None = None) -> Any:
+    """The setting of `config_type`'s field `name`, declared again for a field of another config.
+
+    A config that exposes another's settings (`TrainConfig.adversarial_norm`
+    is `AdversarialTraining.norm`) declares them once this way: same
+    default, kind, help, metavar and fingerprint; the flag derives from the
+    new field's name.
+
+    Args:
+        config_type: a dataclass whose fields are made with `setting`.
+        name: the name of one of its declared fields.
+        group: the `--help` section of the new field. Defaults to `None`
+            (the declared field's group).
+
+    Raises:
+        ValueError: when `config_type` declares no setting `name`.
+    """
+    field = next((f for f, _ in specs(config_type) if f.name == name), None)
+    if field is None:
+        raise ValueError(f"Expected name to be one of {[f.name for f, _ in specs(config_type)]}, the settings of "
+                         f"{config_type.__name__}. Received: name={name!r}")
+    spec = spec_of(field)
+    factory = None if field.default_factory is dataclasses.MISSING else field.default_factory
+    return setting(field.default, kind=spec.kind, help=spec.help, fingerprint=spec.fingerprint,
+                   group=group if group is not None else spec.group, metavar=spec.metavar, default_factory=factory)
+
+
 def specs(config_type) -> list[tuple[dataclasses.Field, Spec]]:
     """The declared settings of a config class (or instance), in field order."""
     return [(f, spec_of(f)) for f in dataclasses.fields(config_type) if spec_of(f) is not None]

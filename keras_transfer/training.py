@@ -36,6 +36,7 @@ from keras_transfer import calibration as calibration_lib
 from keras_transfer import data as data_lib
 from keras_transfer import engine
 from keras_transfer import evaluation as eval_lib
+from keras_transfer import mixing
 from keras_transfer import models as models_lib
 from keras_transfer import monitoring, phases
 from keras_transfer import probe as probe_lib
@@ -135,6 +136,13 @@ class TrainConfig:
                                   help="phase 2 keeps an exponential moving average of its weights with this "
                                        "momentum per step (Polyak averaging, Keras' use_ema), validates and ends on "
                                        "the averaged weights (0: off)")
+    cache_bottom: bool = setting(False, kind=Flag(), group="training",
+                                 help="phase 2 computes the frozen bottom of the backbone (below --fine-tune-at) "
+                                      "once for each training image and its mirror image, and trains the top on "
+                                      "them: an epoch costs what the trainable part costs, and its augmentation "
+                                      "is only the flip. Recomputed when a run resumes; holds the bottom's "
+                                      "outputs in memory (e.g. 75 KB a view for MobileNetV2's default top third "
+                                      "at 224 px)")
     train_batchnorm: bool = setting(False, kind=Flag(), group="training",
                                     help="also train BatchNormalization scale and offset in phase 2 (their "
                                          "moving statistics never change)")
@@ -157,6 +165,9 @@ class TrainConfig:
     adversarial_norm: str = adversarial_training.config_setting("norm", group="training")
     adversarial_steps: int = adversarial_training.config_setting("steps", group="training")
     adversarial_weight: float = adversarial_training.config_setting("weight", group="training")
+    mixup_alpha: float = mixing.config_setting("mixup_alpha", group="training")
+    cutmix_alpha: float = mixing.config_setting("cutmix_alpha", group="training")
+    mix_switch_prob: float = mixing.config_setting("switch_prob", group="training")
     calibrate: bool = setting(False, kind=Flag(), group="model",
                               help="after training, fit a temperature T on the validation split and divide the "
                                    "logits layer's kernel and bias by it, so the saved model's softmax is "
@@ -203,6 +214,19 @@ class TrainConfig:
             raise ValueError("adversarial_eps trains phase 2 adversarially; it needs fine_tune_epochs > 0. "
                              f"Received: adversarial_eps={self.adversarial_eps}, fine_tune_epochs=0")
         adversarial_lib.check_radius("adversarial_eps", self.adversarial_eps, self.adversarial_norm)
+        if self.cache_bottom and self.adversarial_eps:
+            raise ValueError("cache_bottom trains on the bottom's outputs, which an attack on the pixels cannot "
+                             f"change. Received: cache_bottom=True, adversarial_eps={self.adversarial_eps}")
+        mixed = self.mixup_alpha or self.cutmix_alpha
+        if mixed and not self.fine_tune_epochs:
+            raise ValueError("mixup_alpha and cutmix_alpha mix phase 2's batches; they need fine_tune_epochs > 0. "
+                             f"Received: mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
+                             "fine_tune_epochs=0")
+        if mixed and (self.adversarial_eps or self.cache_bottom):
+            raise ValueError("mixup/CutMix mix images; they combine neither with adversarial fine-tuning nor with "
+                             f"cache_bottom. Received: mixup_alpha={self.mixup_alpha}, cutmix_alpha="
+                             f"{self.cutmix_alpha}, adversarial_eps={self.adversarial_eps}, "
+                             f"cache_bottom={self.cache_bottom}")
 
     @property
     def resolved_fine_tune_learning_rate(self) -> float:
@@ -218,6 +242,14 @@ class TrainConfig:
         return adversarial_training.AdversarialTraining(eps=self.adversarial_eps, norm=self.adversarial_norm,
                                                         steps=self.adversarial_steps, weight=self.adversarial_weight,
                                                         seed=self.seed)
+
+    @property
+    def sample_mixing(self) -> mixing.MixedSamples | None:
+        """Phase 2's batch mixing, or `None` when both alphas are 0."""
+        if not (self.mixup_alpha or self.cutmix_alpha):
+            return None
+        return mixing.MixedSamples(mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha,
+                                   switch_prob=self.mix_switch_prob, seed=self.seed)
 
     @property
     def flip_views(self) -> bool:
@@ -744,20 +776,29 @@ def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_e
                                        label_smoothing=ctx.config.label_smoothing,
                                        ema_momentum=ctx.config.ema_momentum, rate_factors=factors)
     attack = ctx.config.training_attack
-    if attack is None:
-        fitted, early_stop = model, _early_stop(ctx, splits, baseline=_head_val_loss(ctx))
-    else:
+    train, val, val_features = splits.train, splits.ordered.get("val"), None
+    if attack is not None:
         # The head was never attacked: its adversarial loss is unknown, so
         # phase 2 competes only with its own epochs, under the attack.
         ctx.say(f"Phase 2 trains adversarially: {attack.describe()}.")
         fitted = adversarial_training.AdversarialFineTuning(model, attack=attack)
         early_stop = _early_stop(ctx, splits, monitor="val_adversarial_loss")
-    plan = phases.PhasePlan("fine_tune", fitted, splits.train, splits.ordered.get("val"), first_epoch,
-                            ctx.config.fine_tune_epochs, optimization, early_stop=early_stop)
+    else:
+        # Validation is never mixed nor attacked here: the head's validation loss is comparable.
+        fitted, early_stop = model, _early_stop(ctx, splits, baseline=_head_val_loss(ctx))
+        mix = ctx.config.sample_mixing
+        if mix is not None:
+            ctx.say(f"Phase 2 mixes its training batches: {mix.describe()}.")
+            fitted = mixing.MixedSampleFineTuning(model, mixing=mix)
+        if ctx.config.cache_bottom:
+            fitted, train, val = _cached_bottom(ctx, model, splits)
+            val_features = val
+    plan = phases.PhasePlan("fine_tune", fitted, train, val, first_epoch, ctx.config.fine_tune_epochs, optimization,
+                            early_stop=early_stop)
     records = phases.run_phase(
         plan, options=_fit_options(ctx), run=ctx.run,
         callbacks=[*_image_callbacks(ctx, splits, "fine_tune", first_epoch=first_epoch,
-                                    epochs=ctx.config.fine_tune_epochs),
+                                    epochs=ctx.config.fine_tune_epochs, features=val_features),
                    *ctx.callbacks],
         on_commit=_committed(ctx, "fine_tune"),
     )
@@ -769,6 +810,34 @@ def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_e
         ctx.say(f"Phase 2: {len(records)} epochs; ends on " + ("the head's weights (no epoch had a lower "
                 "validation loss)" if ended is None else f"epoch {ended + 1}") + ".")
     _complete_phase(ctx, model, "fine_tune")
+
+
+def _cached_bottom(ctx: _Context, model: keras.Model, splits: _Splits):
+    """Phase 2 on the frozen bottom's outputs: `(the top model to fit, train batches, validation batches)`.
+
+    The bottom runs once per view (each training image, and its mirror image
+    when augmenting); every epoch draws one view per image, as a random flip
+    would. Validation runs on the bottom's outputs of its images.
+    """
+    bottom, top = models_lib.split_below_trainable(model)
+    t0 = time.perf_counter()
+    batch = ctx.config.batch_size
+
+    def outputs(ds: tf.data.Dataset) -> np.ndarray:
+        return np.asarray(bottom.predict(phases.image_batches(ds, batch_size=batch), verbose=0), np.float32)
+
+    views = [outputs(ctx.data.train)] + ([outputs(phases.mirrored(ctx.data.train))] if ctx.config.augment else [])
+    val = None
+    if "val" in splits.labels:
+        val = phases.feature_batches(outputs(ctx.data.val), splits.labels["val"], batch_size=batch)
+    state = ctx.phase("fine_tune")
+    state["bottom_extraction_s"] = state.get("bottom_extraction_s", 0.0) + time.perf_counter() - t0
+    state["bottom_output_shape"] = list(views[0].shape[1:])
+    ctx.say(f"Phase 2: the backbone below {top.get_layer('backbone_top').backbone.layers[1].name!r} computed once "
+            f"({len(views)} view{'s' * (len(views) > 1)} of the training images; {views[0][0].nbytes / 1e3:.0f} KB "
+            f"each) in {time.perf_counter() - t0:.0f} s.")
+    train = phases.view_batches(views, splits.labels["train"], batch_size=batch, seed=ctx.config.seed)
+    return top, train, val
 
 
 def _complete_phase(ctx: _Context, model: keras.Model, phase: str) -> None:

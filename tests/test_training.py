@@ -771,3 +771,78 @@ def test_old_runs_resume_when_a_new_setting_keeps_its_default():
     current["train"]["ema_momentum"] = 0.9
     with pytest.raises(ResumeMismatchError, match="ema_momentum: saved None, now 0.9"):
         training._check_fingerprint(saved, current, "run", complete=False)
+
+
+# ---------------------------------------------------------------------------
+# Phase 2 on the frozen bottom computed once.
+
+
+def test_split_below_trainable_moves_the_cut_below_a_skip_connection():
+    model = kt.build_classifier("mobilenet_v2", num_classes=3, image_size=SIZE, weights=None, augmentation=True)
+    dense = model.get_layer("logits")
+    dense.kernel.assign(np.random.default_rng(0).normal(0, 0.1, dense.kernel.shape).astype("float32"))
+    models_lib.unfreeze_backbone(model, from_layer="block_11_project")  # inside a residual block
+    bottom, top = models_lib.split_below_trainable(model)
+    assert top.get_layer("backbone_top").backbone.layers[1].name == "block_11_expand"  # the block's input
+    assert not bottom.trainable_weights
+    assert {id(v) for v in top.trainable_variables} == {id(v) for v in model.trainable_variables}
+    images, _ = synthetic_images(4, seed=3)
+    np.testing.assert_allclose(top(bottom(images)).numpy(), model(images).numpy(), rtol=1e-4, atol=1e-5)
+    models_lib.freeze_backbone(model)
+    with pytest.raises(ValueError, match="frozen backbone"):
+        models_lib.split_below_trainable(model)
+
+
+def test_view_batches_draw_one_view_per_example_each_epoch():
+    from keras_transfer import phases
+
+    plain = np.arange(20, dtype="float32")[:, None]
+    views = (plain, plain + 100)
+    labels = np.arange(20) % 3
+    batches = phases.view_batches(views, labels, batch_size=7, seed=1)
+    epochs = [list(batches) for _ in range(3)]
+    drawn = []
+    for epoch in epochs:
+        x = np.concatenate([b[0].numpy()[:, 0] for b in epoch])
+        y = np.concatenate([b[1].numpy() for b in epoch])
+        assert sorted(x % 100) == list(range(20))  # every example once, as one of its views
+        np.testing.assert_array_equal(y, (x % 100).astype(int) % 3)  # with its label
+        drawn.append(x >= 100)
+    assert 0.2 < np.mean(drawn) < 0.8 and not all(np.array_equal(drawn[0], d) for d in drawn[1:])
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_the_cached_bottom_trains_the_classifier(backbone_weights, tmp_path):
+    from keras_transfer import phases
+
+    data = image_data()
+    config = tiny_config(backbone_weights, fine_tune_epochs=3, fine_tune_learning_rate=1e-3, cache_bottom=True,
+                         fine_tune_at=-12, augment=True)
+    result = training.train(data, config, output_dir=tmp_path / "run")
+    state = result.metrics["phases"]["fine_tune"]
+    assert state["bottom_extraction_s"] > 0 and len(state["bottom_output_shape"]) == 3
+    history = result.history["fine_tune"]
+    assert history["loss"][-1] < history["loss"][0]
+    # The top trained the classifier itself: its accuracy on the images is the last epoch's validation accuracy.
+    assert result.metrics["final"]["val"]["accuracy"] == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
+    model = result.model
+    phases.compile_classifier(model)  # Keras' validation loss holds the head's L2 penalty too
+    val_loss = model.evaluate(data.val.batch(16), verbose=0)[0]
+    assert val_loss == pytest.approx(history["val_loss"][-1], rel=1e-4)
+    with pytest.raises(ValueError, match="cache_bottom=True, adversarial_eps=2.0"):
+        tiny_config(backbone_weights, cache_bottom=True, adversarial_eps=2.0)
+
+
+def test_mixed_batches_in_phase_2_save_the_plain_classifier(backbone_weights, tmp_path, capsys):
+    data = image_data()
+    config = tiny_config(backbone_weights, fine_tune_epochs=2, fine_tune_learning_rate=1e-3, mixup_alpha=0.4,
+                         cutmix_alpha=1.0, verbose=1)
+    result = training.train(data, config, output_dir=tmp_path / "run")
+    assert "Phase 2 mixes its training batches: mixup alpha=0.4 or CutMix alpha=1" in capsys.readouterr().out
+    loaded = kt.load_model(tmp_path / "run" / "model.keras")
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in result.model.layers]
+    images, _ = synthetic_images(4, seed=9)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), result.model.predict(images, verbose=0), atol=1e-5)
+    for bad in (dict(cache_bottom=True), dict(adversarial_eps=2.0), dict(fine_tune_epochs=0)):
+        with pytest.raises(ValueError, match="mixup_alpha=0.2"):
+            tiny_config(backbone_weights, **{"mixup_alpha": 0.2, **bad})
