@@ -17,6 +17,13 @@ images in no annotation list) are ignored and listed there too. The
 train/validation split is then drawn, stratified by class, from a seed among
 the images that decoded.
 
+The cache is in memory, in tf.data cache files, or, with `cache="auto"` (the
+default), in memory when the decoded images fit in a memory budget (half the
+available memory, or `$KERAS_TRANSFER_MEMORY_LIMIT`) and else in files under
+`$KERAS_TRANSFER_CACHE_DIR` (default `~/.cache/keras_transfer/images`), reused
+by later loads of the same files. The first pass prints its progress for sets
+of more than 2,000 images.
+
 Large JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling when
 the reduced image keeps `DCT_MARGIN` (1.5) times the target side (saves part
 of the decoding, with the same accuracy), and shrinking uses the area filter.
@@ -24,17 +31,20 @@ of the decoding, with the same accuracy), and shrinking uses the area filter.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import hashlib
 import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer import files as files_lib
 from keras_transfer import settings
 from keras_transfer._downloads import DatasetUnavailableError, probe
 from keras_transfer.errors import CorruptFileError
@@ -50,7 +60,23 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 # A DataReport lists at most this many skipped files and as many ignored ones
 # (its counts are exact).
 MAX_LISTED_FILES = 1000
+# The shuffle buffer of `batch_dataset` holds the whole split up to this many
+# examples and bytes (at 224 px, 256 MB is about 1,700 uint8 images), so its
+# memory stops growing with the data set.
 _SHUFFLE_BUFFER_CAP = 10_000
+_DECODE_ORDER_STREAM = 20261129  # the decode order's draws, apart from the split's of the same seed
+_SHUFFLE_BUFFER_BYTES = 256 * 10**6
+# The first (decode) pass prints its progress for sets larger than this, at
+# least every 10% and every `_PROGRESS_SECONDS`; it reads `_PASS_BATCH`
+# indices and labels back to Python at a time.
+_PROGRESS_MIN_IMAGES = 2000
+_PROGRESS_SECONDS = 30.0
+_PASS_BATCH = 256
+
+# `cache="auto"`: the memory budget of the decoded images (default: half the
+# available memory) and the folder of the file caches it falls back to.
+MEMORY_LIMIT_ENV = "KERAS_TRANSFER_MEMORY_LIMIT"
+CACHE_DIR_ENV = "KERAS_TRANSFER_CACHE_DIR"
 
 _OXFORD_NAME = re.compile(r"^(?P<breed>.+)_\d+$")
 _OXFORD_FORMAT = "Image CLASS-ID SPECIES BREED-ID"
@@ -64,15 +90,28 @@ _SEED = settings.Int(min=0)
 _BATCH_SIZE = settings.Int(min=1)
 _TARGET = settings.Choice(("breed", "species"))
 _DATA_DIR = settings.Path()
-_CACHE_WORDS = {"memory": True, "none": False}
+
+
+class _AutoCache:
+    """`cache="auto"` before the loader knows how many images it decodes."""
+
+    def __repr__(self) -> str:
+        return "'auto'"
+
+
+_AUTO = _AutoCache()
+_CACHE_WORDS = {"memory": True, "none": False, "auto": _AUTO}
 
 
 @dataclasses.dataclass(frozen=True)
 class _CacheKind(settings.Either):
-    """`cache`: True / "memory" (in memory), False / "none", or a file cache's path prefix."""
+    """`cache`: True / "memory", False / "none", "auto", or a file cache's path prefix."""
 
     def valid(self) -> str:
-        return "True or 'memory' (in memory), False or 'none' (no cache), or a path prefix for a file cache"
+        return (
+            "True or 'memory' (in memory), False or 'none' (no cache), 'auto' (in memory when the images "
+            "fit, else in files), or a path prefix for a file cache"
+        )
 
 
 _CACHE = _CacheKind((settings.Flag(), settings.Choice(tuple(_CACHE_WORDS)), settings.Path()))
@@ -125,18 +164,200 @@ def _check_split_args(val_split, seed) -> None:
     _SEED.check("seed", seed)
 
 
-def _cache_setting(cache) -> bool | str:
-    """`True` (in memory), `False` (no cache) or the path prefix of a file cache."""
+def _cache_setting(cache) -> bool | str | _AutoCache:
+    """`True` (in memory), `False` (no cache), `_AUTO` or the path prefix of a file cache."""
     if isinstance(cache, str) and cache in _CACHE_WORDS:
         return _CACHE_WORDS[cache]
     return _CACHE.check("cache", cache)
 
 
-def _check_loader_args(image_size, resize, val_split, cache, seed) -> bool | str:
-    """Checks the arguments every loader takes; returns `cache` as `_cache_setting`."""
+def _check_loader_args(
+    image_size, resize, val_split, cache, seed, memory_limit
+) -> tuple[bool | str | _AutoCache, int | None]:
+    """Checks the arguments every loader takes; returns `cache` as `_cache_setting` and `memory_limit` in bytes."""
     check_resize_args(image_size, resize)
     _check_split_args(val_split, seed)
-    return _cache_setting(cache)
+    limit = None if memory_limit is None else parse_bytes(memory_limit, name="memory_limit")
+    return _cache_setting(cache), limit
+
+
+# ---------------------------------------------------------------------------
+# The memory budget of `cache="auto"`.
+
+
+_BYTES = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?:(?P<unit>[KMGT])(?P<binary>i?)B?|B)?", re.I)
+_BYTES_VALID = (
+    "a number of bytes >= 0, optionally followed by K, M, G or T (powers of 1000) or Ki, Mi, Gi or Ti "
+    "(powers of 1024), e.g. 2G or 512Mi"
+)
+
+
+def parse_bytes(value: int | str, *, name: str) -> int:
+    """A byte count from an int or a string such as `"2G"`, `"1.5GB"` or `"512Mi"`.
+
+    Args:
+        value: a number >= 0, or a string: a number with an optional
+            suffix K, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti (powers of
+            1024), in any case, optionally followed by `B`.
+        name: what `value` is, for the error.
+
+    Raises:
+        ValueError: naming `name`, the value and what is valid.
+    """
+    if settings.Real(min=0).accepts(value.item() if isinstance(value, np.generic) else value):
+        return int(value)
+    match = _BYTES.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"Expected {name} to be {_BYTES_VALID}. Received: {name}={value!r}")
+    unit = (match["unit"] or "").upper()
+    power = "KMGT".index(unit) + 1 if unit else 0
+    return int(float(match["number"]) * (1024 if match["binary"] else 1000) ** power)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _stat_value(path: str, key: str) -> int:
+    """A value of a cgroup `memory.stat` file, 0 when absent."""
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_headroom() -> int | None:
+    """Bytes left under this process's cgroup memory limit (v2, else v1), `None` without a limit.
+
+    A container's limit is not in /proc/meminfo, which shows the host's
+    memory. Reclaimable page cache (inactive files) counts as free, as in
+    MemAvailable.
+    """
+    for folder, limit_file, usage_file, inactive in (
+        ("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+    ):
+        limit = _read_int(os.path.join(folder, limit_file))  # "max" (v2, no limit) reads as None
+        usage = _read_int(os.path.join(folder, usage_file))
+        if limit is not None and usage is not None and limit < 2**60:  # v1 spells "no limit" ~2**63
+            return max(0, limit - usage + _stat_value(os.path.join(folder, "memory.stat"), inactive))
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still use, `None` when unknown.
+
+    MemAvailable of /proc/meminfo (free memory plus reclaimable caches),
+    else the free pages of `os.sysconf`, and at most what a cgroup memory
+    limit (a container's) leaves.
+    """
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024  # in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    headroom = _cgroup_headroom()
+    if headroom is not None:
+        available = headroom if available is None else min(available, headroom)
+    return available
+
+
+def memory_budget(memory_limit: int | str | None = None) -> tuple[int | None, str]:
+    """`(bytes, where it comes from)`: how much decoded images `cache="auto"` keeps in memory.
+
+    Args:
+        memory_limit: the budget (bytes, or a string `parse_bytes` reads).
+            Defaults to `None`: `$KERAS_TRANSFER_MEMORY_LIMIT` when set, else
+            half of `available_memory()` (`(None, ...)` when that is unknown).
+
+    Raises:
+        ValueError: a bad `memory_limit` or `$KERAS_TRANSFER_MEMORY_LIMIT`,
+            named with the value and what is valid.
+    """
+    if memory_limit is not None:
+        return parse_bytes(memory_limit, name="memory_limit"), "memory_limit"
+    variable = os.environ.get(MEMORY_LIMIT_ENV, "")
+    if variable.strip():
+        return parse_bytes(variable, name=MEMORY_LIMIT_ENV), MEMORY_LIMIT_ENV
+    available = available_memory()
+    return (None if available is None else available // 2), "half the available memory"
+
+
+def cache_dir() -> str:
+    """The folder of the file caches `cache="auto"` writes.
+
+    `$KERAS_TRANSFER_CACHE_DIR`, else `keras_transfer/images` in
+    `$XDG_CACHE_HOME` (default `~/.cache`).
+    """
+    folder = os.environ.get(CACHE_DIR_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "keras_transfer",
+        "images",
+    )
+    return os.path.abspath(folder)
+
+
+def _format_bytes(n: int) -> str:
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _cache_name(cache: bool | str) -> str:
+    """How `DataReport.cache` names a cache setting."""
+    if isinstance(cache, bool):
+        return "memory" if cache else "none"
+    return f"file:{os.path.abspath(os.fspath(cache))}"
+
+
+def _resolve_cache(
+    cache: bool | str | _AutoCache, *, images: int, image_size: int, memory_limit: int | None, name: str
+) -> tuple[bool | str, str]:
+    """`(cache, its DataReport name)`, with `_AUTO` decided by the size of `images` decoded images.
+
+    `name` starts the names of the files of an automatic file cache.
+    """
+    if cache is not _AUTO:
+        return cache, _cache_name(cache)
+    need = images * image_size * image_size * 3
+    budget, why = memory_budget(memory_limit)
+    if budget is None or need <= budget:
+        return True, "memory"
+    folder = cache_dir()
+    try:
+        files_lib.check_writable_dir(folder, what="image cache folder")
+    except OSError as error:
+        raise type(error)(
+            f"{error} The decoded images ({_format_bytes(need)}) do not fit in the memory budget "
+            f"({_format_bytes(budget)}, {why}): set {CACHE_DIR_ENV} to a writable folder for their cache "
+            "files, or pass cache='memory' / 'none' / a path prefix (--data-cache)."
+        ) from None
+    prefix = os.path.join(folder, name or "data")
+    logger.warning(
+        "Data: the decoded images would take %s, more than the memory budget of %s (%s); caching them in "
+        "files under %s instead (--data-cache memory, or cache='memory', to override).",
+        _format_bytes(need), _format_bytes(budget), why, folder,
+    )
+    return prefix, _cache_name(prefix)
 
 
 @dataclasses.dataclass
@@ -160,6 +381,9 @@ class DataReport:
         per_class: `{class_name: {split: count}}`.
         ignored_files: the paths of the ignored files relative to the data
             folder, at most `MAX_LISTED_FILES` of them. Defaults to `[]`.
+        cache: where the decoded images are kept: `"memory"`, `"none"`, or
+            `"file:PREFIX"` (a tf.data file cache; `cache="auto"` gives one of
+            the first and last). Defaults to `"memory"`.
     """
 
     source: str
@@ -170,6 +394,7 @@ class DataReport:
     ignored: int
     per_class: dict[str, dict[str, int]]
     ignored_files: list[str] = dataclasses.field(default_factory=list)
+    cache: str = "memory"
 
     def to_dict(self) -> dict:
         """A JSON-serializable copy."""
@@ -385,11 +610,12 @@ def _decode_and_resize(contents: tf.Tensor, image_size: int, resize: str) -> tf.
 
 
 def decoded_images(
-    paths: Sequence[str], *, image_size: int, resize: str
+    paths: Sequence[str], *, image_size: int, resize: str, order: Sequence[int] | None = None
 ) -> tf.data.Dataset:
-    """`(index, image)` for every path that decodes, in path order."""
-    indices = tf.range(len(paths), dtype=tf.int64)
-    files = tf.data.Dataset.from_tensor_slices((indices, tf.constant(list(paths), tf.string)))
+    """`(index into paths, image)` for every path that decodes, in path order or in `order` (indices)."""
+    indices = np.arange(len(paths)) if order is None else np.asarray(order)
+    files = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(indices, tf.int64), tf.constant([paths[i] for i in indices], tf.string)))
     return files.map(
         lambda i, path: (i, _decode_and_resize(tf.io.read_file(path), image_size, resize)),
         num_parallel_calls=AUTOTUNE,
@@ -517,47 +743,160 @@ class _Pool:
     skipped: list[int]  # indices of the examples that did not decode
 
 
-def _cache(ds: tf.data.Dataset, cache: bool | str, key: str) -> tf.data.Dataset:
-    if cache is True:
-        return ds.cache()
-    if not isinstance(cache, bool):
-        # The key names the exact inputs, so a file cache left by another run
-        # is only reused for the same files, size and resize mode.
-        filename = f"{os.fspath(cache)}-{key}"
-        os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
-        return ds.cache(filename)
-    return ds
-
-
-def _fill_pool(examples: tf.data.Dataset, *, cache, key: str) -> _Pool:
+def _fill_pool(examples: tf.data.Dataset, *, cache: bool | str, key: str, total: int, what: str) -> _Pool:
     """Runs the decode pass of `examples` ((index, image, label), errors
-    ignored) through the cache and records which indices survived."""
-    pool = _cache(examples, cache, key)
+    ignored) through the cache and records which indices survived.
+
+    `total` is the number of examples, `what` names them in the progress lines.
+    """
+    if isinstance(cache, bool):
+        pool = examples.cache() if cache else examples
+        return _Pool(pool, *_first_pass(pool, total=total, what=f"Decoding {what}"), skipped=[])
+    # The key names the exact inputs, so a file cache left by another run is
+    # only reused for the same files, size and resize mode.
+    filename = f"{os.fspath(cache)}-{key}"
+    with _file_cache_writer(filename) as writing:
+        if writing is not None:
+            found = _first_pass(examples.cache(writing), total=total, what=f"Decoding {what}")
+            _publish_file_cache(writing, filename)
+    pool = examples.cache(filename)
+    if writing is None:
+        found = _first_pass(pool, total=total, what=f"Reading the cached images of {what}")
+    return _Pool(pool, *found, skipped=[])
+
+
+def _first_pass(pool: tf.data.Dataset, *, total: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """`(indices, labels)` of the examples of one full pass over `pool` (which fills its cache)."""
     indices, labels = [], []
+    progress = _Progress(total, what) if total > _PROGRESS_MIN_IMAGES else None
     # Only indices and labels come back to Python; the images stay in the cache.
-    for i, label in pool.map(lambda i, image, label: (i, label)).batch(4096):
+    done = 0
+    for i, label in pool.map(lambda i, image, label: (i, label)).batch(_PASS_BATCH):
         indices.append(i.numpy())
         labels.append(label.numpy())
+        done += len(indices[-1])  # images decoded so far (files that fail to decode are not counted)
+        if progress is not None:
+            progress.update(done)
+    if progress is not None:
+        progress.update(total)
     indices = np.concatenate(indices) if indices else np.zeros(0, np.int64)
     labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)
-    return _Pool(pool, indices, labels, skipped=[])
+    return indices, labels
+
+
+class _Progress:
+    """Prints how far a pass is, every 10% of `total` and at least every `_PROGRESS_SECONDS`."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what = total, what
+        self.started = self.shown_at = time.perf_counter()
+        self.shown = 0
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        finished = done >= self.total
+        if self.shown >= self.total or not (
+            finished or done - self.shown >= self.total / 10 or now - self.shown_at >= _PROGRESS_SECONDS
+        ):
+            return
+        elapsed = max(now - self.started, 1e-9)
+        rate = done / elapsed
+        when = (f"in {_format_seconds(elapsed)}" if finished
+                else f"about {_format_seconds((self.total - done) / max(rate, 1e-9))} left")
+        print(f"{self.what}: {done:,}/{self.total:,} images ({done / self.total:.0%}), {rate:,.0f} images/s, {when}",
+              flush=True)
+        self.shown, self.shown_at = done, now
+
+
+def _format_seconds(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+
+
+# tf.data writes a file cache `<prefix>` as `<prefix>_0.data-...tempstate...`
+# behind a `<prefix>_0.lockfile`, then renames the data file and writes
+# `<prefix>.index` (not atomically), whose existence alone makes later
+# iterators read the cache. A writer killed mid-pass leaves the lockfile, and
+# every later writer of that prefix then fails ("concurrent caching
+# iterator"); one killed while writing the index leaves a cache that reads as
+# complete but is corrupt. So the pass writes `<prefix>.writing` and renames
+# its files into place once complete, and a `flock` on `<prefix>.lock` (which
+# the kernel releases when its process dies) tells a live writer from the
+# leftovers of a dead one.
+_WRITING = ".writing"
+
+
+@contextlib.contextmanager
+def _file_cache_writer(filename: str) -> Iterator[str | None]:
+    """The prefix to write the file cache `filename` through, or `None` when it is complete.
+
+    Holds `filename.lock` for the block (waiting for another process that
+    writes the same cache), and removes what a dead writer left.
+    """
+    import fcntl
+
+    if os.path.exists(filename + ".index"):
+        yield None
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
+    fd = os.open(filename + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("Waiting for another process that is writing the image cache %s.*", filename)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.path.exists(filename + ".index"):  # written meanwhile by the process waited for
+            yield None
+            return
+        leftovers = glob.glob(glob.escape(filename + _WRITING) + "*") + glob.glob(glob.escape(filename) + "_[0-9]*")
+        if leftovers:
+            logger.warning("Removing %d file(s) of an unfinished image cache %s.*, whose writer stopped: %s",
+                           len(leftovers), filename, [os.path.basename(f) for f in leftovers])
+            for leftover in leftovers:
+                os.remove(leftover)
+        yield filename + _WRITING
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _publish_file_cache(writing: str, filename: str) -> None:
+    """Moves the complete cache `writing` to `filename`, its index last."""
+    if not os.path.exists(writing + ".index"):
+        # e.g. an iterator that did not run to the end; nothing is published.
+        raise RuntimeError(f"The image cache {writing!r} was not completed by the decode pass.")
+    for data_file in glob.glob(glob.escape(writing) + ".data-*"):
+        os.replace(data_file, filename + data_file[len(writing):])
+    os.replace(writing + ".index", filename + ".index")
 
 
 def _file_pool(
-    paths: Sequence[str], labels: Sequence[int], *, image_size: int, resize: str, cache, tag: str
+    paths: Sequence[str], labels: Sequence[int], *, image_size: int, resize: str, cache, tag: str, what: str,
+    order_seed: int | None = None,
 ) -> _Pool:
+    """The decoded files; with `order_seed`, decoded (and cached) in an order drawn from it.
+
+    Files are listed class by class; a shuffle buffer smaller than a split
+    (see `shuffle_buffer_size`) would then draw batches of one class. A
+    seeded order makes every stretch of the cache a sample of all classes.
+    """
     labels_t = tf.constant(np.asarray(labels, np.int32))
-    examples = decoded_images(paths, image_size=image_size, resize=resize).map(
+    order = None
+    if order_seed is not None:
+        order = np.random.default_rng([_DECODE_ORDER_STREAM, order_seed]).permutation(len(paths))
+    examples = decoded_images(paths, image_size=image_size, resize=resize, order=order).map(
         lambda i, image: (i, image, tf.gather(labels_t, i))
     )
-    key = "" if isinstance(cache, bool) else _cache_key(tag, image_size, resize, paths)
-    pool = _fill_pool(examples, cache=cache, key=key)
+    key = "" if isinstance(cache, bool) else _cache_key(tag, image_size, resize, paths, order_seed=order_seed)
+    pool = _fill_pool(examples, cache=cache, key=key, total=len(paths), what=what)
     kept = set(pool.indices.tolist())
     pool.skipped = [i for i in range(len(paths)) if i not in kept]
     return pool
 
 
-def _cache_key(tag: str, image_size: int, resize: str, paths: Sequence[str]) -> str:
+def _cache_key(tag: str, image_size: int, resize: str, paths: Sequence[str], *, order_seed: int | None = None) -> str:
+    if order_seed is not None:
+        tag = f"{tag}-order{order_seed}"  # the file cache holds the images in that order
     digest = hashlib.sha1(f"{tag}|{image_size}|{resize}".encode())
     for path in paths:
         try:
@@ -594,10 +933,18 @@ def _assemble(
     skipped_names: list[str],
     image_size: int,
     class_dirs: dict[str, str] | None,
+    cache: str,
 ) -> ImageData:
-    """The splits and the report of decoded pools; `ignored` are the paths of the ignored files."""
+    """The splits and the report of decoded pools; `ignored` are the paths of the ignored files.
+
+    `cache` is the `DataReport.cache` of the pools.
+    """
     _check_every_class_decoded(source, class_names, trainval.labels, skipped_names, class_dirs)
-    train_pos, val_pos = stratified_split(trainval.labels, val_split=val_split, seed=seed)
+    # The split is drawn on the files in listing order, whatever order they
+    # were decoded in, so a seed always holds out the same files.
+    listing = np.argsort(trainval.indices, kind="stable")
+    train_pos, val_pos = (np.sort(listing[p]) for p in stratified_split(trainval.labels[listing],
+                                                                         val_split=val_split, seed=seed))
     train = _select(trainval, train_pos)
     val = _select(trainval, val_pos) if val_split > 0 else None
     test_ds = _select(test, np.arange(len(test.indices))) if test is not None else None
@@ -624,10 +971,11 @@ def _assemble(
         ignored=len(ignored),
         per_class=per_class,
         ignored_files=list(ignored[:MAX_LISTED_FILES]),
+        cache=cache,
     )
     logger.info(
-        "%s: %d found, used %s, %d skipped (undecodable), %d ignored",
-        source, found, used, report.skipped, report.ignored,
+        "%s: %d found, used %s, %d skipped (undecodable), %d ignored; cache: %s",
+        source, found, used, report.skipped, report.ignored, cache,
     )
     return ImageData(
         train=train,
@@ -706,7 +1054,8 @@ def load_folder(
     val_split: float = 0.2,
     seed: int = 0,
     resize: str = "stretch",
-    cache: bool | str | os.PathLike = True,
+    cache: bool | str | os.PathLike = "auto",
+    memory_limit: int | str | None = None,
 ) -> ImageData:
     """Loads a class-per-folder tree of images.
 
@@ -725,11 +1074,20 @@ def load_folder(
         seed: seed of the train/validation split. Defaults to `0`.
         resize: `"stretch"`, `"crop"` or `"pad"` (see `resize_image`).
             Defaults to `"stretch"`.
-        cache: `True` or `"memory"` keeps the decoded images in memory;
-            `False` or `"none"` decodes them every epoch; a path (`str` or
-            `os.PathLike`) is the prefix of the files of a tf.data file cache
-            (reused by later loads of the same files, size and resize mode).
-            Defaults to `True`.
+        cache: where the decoded images are kept. `True` or `"memory"`: in
+            memory; `False` or `"none"`: nowhere, they are decoded every
+            epoch; a path (`str` or `os.PathLike`; `"./auto"` for a file
+            named so): the prefix of the files of a tf.data file cache
+            (reused by later loads of the same files, size and resize mode);
+            `"auto"`: in memory when they fit in the memory budget (they
+            take `len(files) * image_size**2 * 3` bytes), else in a file
+            cache under `$KERAS_TRANSFER_CACHE_DIR` (default
+            `~/.cache/keras_transfer/images`), with a warning that says so.
+            `DataReport.cache` records the choice. Defaults to `"auto"`.
+        memory_limit: the memory budget of `cache="auto"`: bytes, or a
+            string such as `"2G"` or `"512Mi"` (see `parse_bytes`). Defaults
+            to `None`: `$KERAS_TRANSFER_MEMORY_LIMIT` (same format) when
+            set, else half the available memory (`available_memory`).
 
     Returns:
         An `ImageData` with `train`, `val` (`None` when `val_split=0`) and
@@ -738,11 +1096,20 @@ def load_folder(
     Raises:
         FileNotFoundError / NotADirectoryError: `data_dir` does not exist /
             is a file.
-        ValueError: a bad argument, an empty `data_dir`, fewer than 2 class
-            folders, a class folder without image files or whose every file
-            is undecodable.
+        ValueError: a bad argument or `$KERAS_TRANSFER_MEMORY_LIMIT`, an
+            empty `data_dir`, fewer than 2 class folders, a class folder
+            without image files or whose every file is undecodable.
+        PermissionError: `cache="auto"` needs a file cache and its folder
+            is not writable.
     """
-    cache = _check_loader_args(image_size, resize, val_split, cache, seed)
+    cache, memory_limit = _check_loader_args(image_size, resize, val_split, cache, seed, memory_limit)
+    return _load_folder(
+        data_dir, image_size=image_size, val_split=val_split, seed=seed, resize=resize, cache=cache,
+        memory_limit=memory_limit,
+    )
+
+
+def _load_folder(data_dir, *, image_size, val_split, seed, resize, cache, memory_limit) -> ImageData:
     root = check_dir(data_dir, FOLDER_LAYOUT)
     class_names, paths, labels, ignored = list_class_folders(root)
     return _load_files(
@@ -758,6 +1125,7 @@ def load_folder(
         resize=resize,
         cache=cache,
         class_dirs={name: os.path.join(root, name) for name in class_names},
+        memory_limit=memory_limit,
     )
 
 
@@ -818,7 +1186,8 @@ def class_files(root: str, name: str) -> tuple[list[str], list[tuple[str, str]]]
 
 
 def _load_files(
-    *, source, root, class_names, trainval, test, ignored, image_size, val_split, seed, resize, cache, class_dirs
+    *, source, root, class_names, trainval, test, ignored, image_size, val_split, seed, resize, cache, class_dirs,
+    memory_limit,
 ) -> ImageData:
     """Decodes `trainval` (and `test`), `(paths, labels)`, into an `ImageData`.
 
@@ -828,12 +1197,18 @@ def _load_files(
     found = len(paths) + (len(test[0]) if test else 0) + len(ignored)
     if not paths:
         raise ValueError(f"{source}: found no image files to train on.")
+    cache, cache_name = _resolve_cache(
+        cache, images=found - len(ignored), image_size=image_size, memory_limit=memory_limit,
+        name=os.path.basename(root),
+    )
     started = time.perf_counter()
-    pool = _file_pool(paths, labels, image_size=image_size, resize=resize, cache=cache, tag="trainval")
+    pool = _file_pool(paths, labels, image_size=image_size, resize=resize, cache=cache, tag="trainval",
+                      what=source, order_seed=seed)
     skipped = [os.path.relpath(paths[i], root) for i in pool.skipped]
     test_pool = None
     if test:
-        test_pool = _file_pool(*test, image_size=image_size, resize=resize, cache=cache, tag="test")
+        test_pool = _file_pool(*test, image_size=image_size, resize=resize, cache=cache, tag="test",
+                               what=f"{source} (test)")
         skipped += [os.path.relpath(test[0][i], root) for i in test_pool.skipped]
     logger.info("Decoded %s in %.1f s", source, time.perf_counter() - started)
     log_skips(skipped, root=root)
@@ -850,6 +1225,7 @@ def _load_files(
         skipped_names=skipped,
         image_size=image_size,
         class_dirs=class_dirs,
+        cache=cache_name,
     )
 
 
@@ -902,7 +1278,7 @@ def _read_annotations(path: str) -> dict[str, int]:
     return entries
 
 
-def _load_oxford_folder(data_dir, *, image_size, val_split, seed, resize, cache, target) -> ImageData:
+def _load_oxford_folder(data_dir, *, image_size, val_split, seed, resize, cache, target, memory_limit) -> ImageData:
     root = check_dir(data_dir, _OXFORD_LAYOUT)
     images_dir = os.path.join(root, "images")
     if not os.path.isdir(images_dir):
@@ -943,6 +1319,7 @@ def _load_oxford_folder(data_dir, *, image_size, val_split, seed, resize, cache,
         resize=resize,
         cache=cache,
         class_dirs=None,
+        memory_limit=memory_limit,
     )
 
 
@@ -1054,7 +1431,7 @@ def _tfds_pool(builder, split: str, *, image_size, resize, cache, name_key) -> t
         deterministic=True,
     ).ignore_errors()
     key = f"tfds-{builder.name}-{builder.version}-{split}-{image_size}-{resize}"
-    pool = _fill_pool(examples, cache=cache, key=key)
+    pool = _fill_pool(examples, cache=cache, key=key, total=total, what=f"tfds:{builder.name} ({split})")
     kept = set(pool.indices.tolist())
     pool.skipped = [i for i in range(total) if i not in kept]
     names = []
@@ -1067,15 +1444,20 @@ def _tfds_pool(builder, split: str, *, image_size, resize, cache, name_key) -> t
 
 
 def _load_tfds(
-    name: str, *, tfds_data_dir, image_size, val_split, seed, resize, cache, with_test: bool
+    name: str, *, tfds_data_dir, image_size, val_split, seed, resize, cache, with_test: bool, memory_limit
 ) -> ImageData:
     builder = _tfds_builder(name, tfds_data_dir)
     info = TFDS_SOURCES[name]
+    splits = ["train"] + (["test"] if with_test and "test" in builder.info.splits else [])
+    cache, cache_name = _resolve_cache(
+        cache, images=sum(int(builder.info.splits[split].num_examples) for split in splits),
+        image_size=image_size, memory_limit=memory_limit, name=name,
+    )
     pool, found, skipped = _tfds_pool(
         builder, "train", image_size=image_size, resize=resize, cache=cache, name_key=info["name_key"]
     )
     test_pool = None
-    if with_test and "test" in builder.info.splits:
+    if "test" in splits:
         test_pool, n_test, test_skipped = _tfds_pool(
             builder, "test", image_size=image_size, resize=resize, cache=cache, name_key=info["name_key"]
         )
@@ -1095,6 +1477,7 @@ def _load_tfds(
         skipped_names=skipped,
         image_size=image_size,
         class_dirs=None,
+        cache=cache_name,
     )
 
 
@@ -1109,9 +1492,10 @@ def load_oxford_pets(
     val_split: float = 0.2,
     seed: int = 0,
     resize: str = "stretch",
-    cache: bool | str | os.PathLike = True,
+    cache: bool | str | os.PathLike = "auto",
     tfds_data_dir: str | os.PathLike | None = None,
     target: str = "breed",
+    memory_limit: int | str | None = None,
 ) -> ImageData:
     """Loads the Oxford-IIIT Pet dataset (37 breeds, or cat/dog).
 
@@ -1138,18 +1522,21 @@ def load_oxford_pets(
         seed: seed of the train/validation split. Defaults to `0`.
         resize: `"stretch"`, `"crop"` or `"pad"` (see `resize_image`).
             Defaults to `"stretch"`.
-        cache: `True` or `"memory"`, `False` or `"none"`, or the path
-            prefix of a file cache (see `load_folder`). Defaults to `True`.
+        cache: `"auto"`, `True` or `"memory"`, `False` or `"none"`, or the
+            path prefix of a file cache (see `load_folder`). Defaults to
+            `"auto"`.
         tfds_data_dir: the tensorflow-datasets data folder. Defaults to
             `None` (tfds' default, `$TFDS_DATA_DIR` or
             `~/tensorflow_datasets`).
         target: `"breed"` (37 classes) or `"species"` (`("cat", "dog")`;
             folder sources only). Defaults to `"breed"`.
+        memory_limit: the memory budget of `cache="auto"` (see
+            `load_folder`). Defaults to `None`.
 
     Returns:
         An `ImageData`.
     """
-    cache = _check_loader_args(image_size, resize, val_split, cache, seed)
+    cache, memory_limit = _check_loader_args(image_size, resize, val_split, cache, seed, memory_limit)
     _TARGET.check("target", target)
     if data_dir is None:
         if target != "breed":
@@ -1166,10 +1553,11 @@ def load_oxford_pets(
             resize=resize,
             cache=cache,
             with_test=True,
+            memory_limit=memory_limit,
         )
     return _load_oxford_folder(
         data_dir, image_size=image_size, val_split=val_split, seed=seed, resize=resize, cache=cache,
-        target=target,
+        target=target, memory_limit=memory_limit,
     )
 
 
@@ -1180,8 +1568,9 @@ def load_cats_vs_dogs(
     val_split: float = 0.2,
     seed: int = 0,
     resize: str = "stretch",
-    cache: bool | str | os.PathLike = True,
+    cache: bool | str | os.PathLike = "auto",
     tfds_data_dir: str | os.PathLike | None = None,
+    memory_limit: int | str | None = None,
 ) -> ImageData:
     """Loads Cats vs Dogs.
 
@@ -1200,15 +1589,18 @@ def load_cats_vs_dogs(
         seed: seed of the train/validation split. Defaults to `0`.
         resize: `"stretch"`, `"crop"` or `"pad"` (see `resize_image`).
             Defaults to `"stretch"`.
-        cache: `True` or `"memory"`, `False` or `"none"`, or the path
-            prefix of a file cache (see `load_folder`). Defaults to `True`.
+        cache: `"auto"`, `True` or `"memory"`, `False` or `"none"`, or the
+            path prefix of a file cache (see `load_folder`). Defaults to
+            `"auto"`.
         tfds_data_dir: the tensorflow-datasets data folder. Defaults to
             `None` (tfds' default).
+        memory_limit: the memory budget of `cache="auto"` (see
+            `load_folder`). Defaults to `None`.
 
     Returns:
         An `ImageData` with `test=None`.
     """
-    cache = _check_loader_args(image_size, resize, val_split, cache, seed)
+    cache, memory_limit = _check_loader_args(image_size, resize, val_split, cache, seed, memory_limit)
     if data_dir is None:
         return _load_tfds(
             "cats_vs_dogs",
@@ -1219,9 +1611,11 @@ def load_cats_vs_dogs(
             resize=resize,
             cache=cache,
             with_test=False,
+            memory_limit=memory_limit,
         )
-    return load_folder(
-        data_dir, image_size=image_size, val_split=val_split, seed=seed, resize=resize, cache=cache
+    return _load_folder(
+        data_dir, image_size=image_size, val_split=val_split, seed=seed, resize=resize, cache=cache,
+        memory_limit=memory_limit,
     )
 
 
@@ -1239,7 +1633,8 @@ def batch_dataset(
         ds: an unbatched dataset, e.g. `ImageData.train`.
         batch_size: examples per batch.
         shuffle: shuffle the examples, differently every epoch. The buffer
-            holds the whole split up to 10,000 examples. Defaults to `False`.
+            holds the whole split up to 10,000 examples and 256 MB (see
+            `shuffle_buffer_size`). Defaults to `False`.
         seed: seed of the shuffle. Defaults to `None`.
         drop_remainder: drop the last, smaller batch. Defaults to `False`.
 
@@ -1248,7 +1643,30 @@ def batch_dataset(
     """
     _BATCH_SIZE.check("batch_size", batch_size)
     if shuffle:
-        size = int(ds.cardinality())
-        buffer = min(size, _SHUFFLE_BUFFER_CAP) if size > 0 else 1000
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffle_buffer_size(ds), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+
+
+def shuffle_buffer_size(ds: tf.data.Dataset) -> int:
+    """The shuffle buffer `batch_dataset` gives `ds`, in examples.
+
+    The whole split (1,000 examples when its size is unknown), at most
+    10,000 examples and at most 256 MB of them by the static shapes and
+    dtypes of its elements (about 1,700 uint8 images of 224 x 224; elements
+    of unknown size are bounded by the count only).
+
+    Args:
+        ds: an unbatched dataset.
+
+    Returns:
+        An int >= 1.
+    """
+    size = int(ds.cardinality())
+    buffer = min(size, _SHUFFLE_BUFFER_CAP) if size > 0 else 1000
+    element = 0
+    for spec in tf.nest.flatten(ds.element_spec):
+        shape, dtype = getattr(spec, "shape", None), getattr(spec, "dtype", None)
+        if shape is None or not shape.is_fully_defined() or dtype is None or dtype == tf.string:
+            return buffer
+        element += shape.num_elements() * dtype.size
+    return max(1, min(buffer, _SHUFFLE_BUFFER_BYTES // max(element, 1)))

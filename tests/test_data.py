@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -284,27 +285,30 @@ def test_load_folder_file_cache_and_no_cache(zoo, tmp_path):
     root, _ = zoo
     prefix = str(tmp_path / "cache" / "zoo")
     first = data.load_folder(root, image_size=24, cache=prefix)
-    assert any(name.startswith("zoo-trainval-24-stretch-") for name in os.listdir(tmp_path / "cache"))
+    assert any(name.startswith("zoo-trainval-order0-24-stretch-") for name in os.listdir(tmp_path / "cache"))
     second = data.load_folder(root, image_size=24, cache=prefix)  # read back from the files
     uncached = data.load_folder(root, image_size=24, cache=False)
     memory = data.load_folder(root, image_size=24)
     reference = as_arrays(memory.train)
+    assert memory.report.cache == "memory" and uncached.report.cache == "none"
+    assert first.report.cache == second.report.cache == f"file:{prefix}"
     for other in (first, second, uncached):
-        assert other.report == memory.report
+        assert dataclasses.replace(other.report, cache="memory") == memory.report
         for got, want in zip(as_arrays(other.train), reference):
             np.testing.assert_array_equal(got, want)
     # The memory cache serves later epochs in the same fixed order.
     np.testing.assert_array_equal(as_arrays(memory.train)[0], reference[0])
 
 
-@pytest.mark.parametrize("word", ["memory", "none"])
+@pytest.mark.parametrize("word", ["memory", "none", "auto"])
 def test_cache_words_write_no_files(zoo, tmp_path, monkeypatch, word):
     root, _ = zoo
     monkeypatch.chdir(tmp_path)
     loaded = data.load_folder(root, image_size=16, cache=word)
-    reference = data.load_folder(root, image_size=16, cache=word == "memory")
+    reference = data.load_folder(root, image_size=16, cache=word != "none")
     as_arrays(loaded.train)
-    assert sorted(os.listdir(tmp_path)) == ["zoo"]  # no "memory-…" / "none-…" cache files
+    assert sorted(os.listdir(tmp_path)) == ["zoo"]  # no "memory-…" / "none-…" / "auto-…" cache files
+    assert loaded.report.cache == ("none" if word == "none" else "memory")
     for got, want in zip(as_arrays(loaded.train), as_arrays(reference.train)):
         np.testing.assert_array_equal(got, want)
 
@@ -312,9 +316,200 @@ def test_cache_words_write_no_files(zoo, tmp_path, monkeypatch, word):
 @pytest.mark.parametrize("cache", ["", None, 1, 0.5, b"prefix", ["memory"]])
 def test_bad_cache_values_are_rejected(zoo, cache):
     root, _ = zoo
-    expected = rf"True or 'memory' \(in memory\), False or 'none' \(no cache\), or a path.*Received: cache={re.escape(repr(cache))}$"
+    expected = (r"True or 'memory' \(in memory\), False or 'none' \(no cache\), 'auto' \(in memory when the images "
+                rf"fit, else in files\), or a path.*Received: cache={re.escape(repr(cache))}$")
     with pytest.raises(ValueError, match=expected):
         data.load_folder(root, cache=cache)
+
+
+# ---------------------------------------------------------------------------
+# cache="auto": in memory when the decoded images fit, else in files.
+
+
+@pytest.fixture
+def cache_env(tmp_path, monkeypatch):
+    """An empty folder as $KERAS_TRANSFER_CACHE_DIR, and no memory limit set."""
+    folder = tmp_path / "image_cache"
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(folder))
+    monkeypatch.delenv(data.MEMORY_LIMIT_ENV, raising=False)
+    return folder
+
+
+def test_auto_cache_uses_files_when_the_images_do_not_fit(zoo, cache_env, monkeypatch, caplog):
+    root, _ = zoo
+    monkeypatch.setenv(data.MEMORY_LIMIT_ENV, "1K")
+    with caplog.at_level("WARNING", logger="keras_transfer.data"):
+        loaded = data.load_folder(root, image_size=24, val_split=0.25)
+    # 22 image files (3 of them undecodable) * 24 * 24 * 3 bytes.
+    assert (
+        "Data: the decoded images would take 38.0 KB, more than the memory budget of 1.0 KB "
+        f"(KERAS_TRANSFER_MEMORY_LIMIT); caching them in files under {cache_env} instead "
+        "(--data-cache memory, or cache='memory', to override)."
+    ) in caplog.text
+    assert loaded.report.cache == f"file:{cache_env / 'zoo'}"
+    assert loaded.report.to_dict()["cache"] == loaded.report.cache
+    name = _cache_files(root, "zoo", 24)  # zoo-trainval-order0-24-stretch-<digest>
+    written = sorted(os.listdir(cache_env))
+    assert written == [name + ".data-00000-of-00001", name + ".index", name + ".lock"]  # nothing half-written
+    memory = data.load_folder(root, image_size=24, val_split=0.25, cache="memory")
+    assert dataclasses.replace(loaded.report, cache="memory") == memory.report
+    for split in ("train", "val"):
+        for got, want in zip(as_arrays(getattr(loaded, split)), as_arrays(getattr(memory, split))):
+            np.testing.assert_array_equal(got, want)
+
+    # A second load reads the files back: decoding would now give black images.
+    monkeypatch.delenv(data.MEMORY_LIMIT_ENV)
+    caplog.clear()
+    def black(contents, size, resize):
+        return tf.zeros([size, size, 3], tf.uint8)
+
+    with mock.patch.object(data, "_decode_and_resize", black):
+        again = data.load_folder(root, image_size=24, val_split=0.25, memory_limit="1K")
+    assert "(memory_limit); caching them in files" in caplog.text
+    assert again.report == loaded.report and sorted(os.listdir(cache_env)) == written
+    np.testing.assert_array_equal(as_arrays(again.train)[0], as_arrays(memory.train)[0])
+
+
+def test_auto_cache_stays_in_memory_when_the_images_fit(zoo, cache_env, monkeypatch, caplog):
+    root, _ = zoo
+    monkeypatch.setenv(data.MEMORY_LIMIT_ENV, "38016")  # exactly the 22 images at 24 px
+    with caplog.at_level("WARNING", logger="keras_transfer.data"):
+        loaded = data.load_folder(root, image_size=24)
+        default = data.load_folder(root, image_size=24, memory_limit=None, cache="auto")
+    assert loaded.report.cache == default.report.cache == "memory"
+    assert "Data:" not in caplog.text and not cache_env.exists()
+    assert data.memory_budget(None) == (38016, "KERAS_TRANSFER_MEMORY_LIMIT")
+    monkeypatch.delenv(data.MEMORY_LIMIT_ENV)
+    budget, why = data.memory_budget()
+    assert why == "half the available memory" and budget > 0
+
+
+
+def test_auto_cache_names_an_unusable_cache_folder(zoo, cache_env, monkeypatch):
+    root, _ = zoo
+    cache_env.write_text("a file, not a folder")
+    with pytest.raises(NotADirectoryError, match=rf"{re.escape(repr(str(cache_env)))} is a file.*set "
+                       "KERAS_TRANSFER_CACHE_DIR to a writable folder"):
+        data.load_folder(root, image_size=16, memory_limit=0)
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0", 0), ("100", 100), ("2G", 2 * 10**9), ("1.5GB", 1_500_000_000), ("512Mi", 512 * 2**20),
+     ("64 kib", 64 * 1024), ("3t", 3 * 10**12), (" 7B ", 7), (12345, 12345)],
+)
+def test_parse_bytes(text, expected):
+    assert data.parse_bytes(text, name="limit") == expected
+
+
+def test_bad_memory_limits_are_named(zoo, cache_env, monkeypatch):
+    root, _ = zoo
+    valid = r"Expected {} to be a number of bytes >= 0, optionally followed by K, M, G or T \(powers of 1000\)"
+    monkeypatch.setenv(data.MEMORY_LIMIT_ENV, "lots")
+    with pytest.raises(ValueError, match=valid.format(data.MEMORY_LIMIT_ENV) + ".*Received: "
+                       "KERAS_TRANSFER_MEMORY_LIMIT='lots'$"):
+        data.load_folder(root, image_size=16)
+    for bad in (-1, "2X", "", True):
+        expected = valid.format("memory_limit") + rf".*Received: memory_limit={re.escape(repr(bad))}$"
+        with pytest.raises(ValueError, match=expected):
+            data.load_folder(root, image_size=16, memory_limit=bad)
+    assert not cache_env.exists()
+
+
+def test_data_cache_flag_accepts_auto_and_defaults_to_it():
+    from keras_transfer.experiments import folder
+
+    parser = folder.build_parser()
+    assert "{auto,memory,none,PATH}" in parser.format_help()
+    for argv, expected in ((["--data-dir", "x"], "auto"), (["--data-dir", "x", "--data-cache", "auto"], "auto"),
+                           (["--data-dir", "x", "--data-cache", "memory"], "memory")):
+        assert folder.COMMAND.config_from_args(parser.parse_args(argv)).data.cache == expected
+
+
+def _cache_files(root, prefix, image_size):
+    """The prefix of the files `load_folder(root, image_size=image_size, cache=prefix)` writes."""
+    _, paths, _, _ = data.list_class_folders(str(root))
+    return f"{prefix}-{data._cache_key('trainval', image_size, 'stretch', paths, order_seed=0)}"
+
+
+def test_a_killed_writers_files_are_removed_not_reused(zoo, tmp_path, caplog):
+    root, _ = zoo
+    prefix = str(tmp_path / "cache" / "zoo")
+    filename = _cache_files(root, prefix, 16)
+    os.makedirs(tmp_path / "cache")
+    # What tf.data leaves when killed mid-pass: its lockfile and a partial data
+    # file, under the prefix written through and (older versions) the final one.
+    leftovers = [filename + ".writing_0.lockfile", filename + ".writing_0.data-00000-of-00001.tempstate123",
+                 filename + "_0.lockfile", filename + "_0.data-00000-of-00001.tempstate456"]
+    for path in leftovers:
+        Path(path).write_text("Created at: 1795954449")
+    # tf.data itself refuses to write past such a lockfile.
+    Path(tmp_path / "demo_0.lockfile").write_text("Created at: 1795954449")
+    with pytest.raises(tf.errors.AlreadyExistsError, match="concurrent caching iterator"):
+        list(tf.data.Dataset.range(3).cache(str(tmp_path / "demo")))
+    with caplog.at_level("WARNING", logger="keras_transfer.data"):
+        loaded = data.load_folder(root, image_size=16, cache=prefix)
+    assert "Removing 4 file(s) of an unfinished image cache" in caplog.text
+    assert not any(os.path.exists(path) for path in leftovers)
+    assert os.path.exists(filename + ".index") and loaded.report.cache == f"file:{prefix}"
+    memory = data.load_folder(root, image_size=16, cache="memory")
+    for got, want in zip(as_arrays(loaded.train), as_arrays(memory.train)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_live_writer_is_waited_for(zoo, tmp_path, caplog):
+    import fcntl
+    import threading
+
+    root, _ = zoo
+    prefix = str(tmp_path / "cache" / "zoo")
+    filename = _cache_files(root, prefix, 16)
+    os.makedirs(tmp_path / "cache")
+    busy = Path(filename + ".writing_0.lockfile")
+    busy.write_text("Created at: 1795954449")
+    fd = os.open(filename + ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a live writer holds the lock
+    results = []
+    with caplog.at_level("WARNING", logger="keras_transfer.data"):
+        thread = threading.Thread(target=lambda: results.append(data.load_folder(root, image_size=16, cache=prefix)))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while "Waiting for another process" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "Waiting for another process that is writing the image cache" in caplog.text
+        assert thread.is_alive() and busy.exists()  # its files are left alone
+        os.close(fd)
+        thread.join(60)
+    assert results and results[0].report.cache == f"file:{prefix}" and not busy.exists()
+
+
+def test_first_pass_progress_for_large_sets_only(zoo, monkeypatch, capsys):
+    root, _ = zoo
+    data.load_folder(root, image_size=16, cache="none")
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(data, "_PROGRESS_MIN_IMAGES", 10)
+    monkeypatch.setattr(data, "_PASS_BATCH", 4)
+    data.load_folder(root, image_size=16, cache="none")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) >= 3, lines
+    assert all(re.fullmatch(rf"Decoding folder:{re.escape(str(root))}: \d+/22 images \(\d+%\), [\d,]+ images/s, "
+                            r"(about \d+ s left|in \d+ s)", line) for line in lines), lines
+    assert lines[-1].startswith(f"Decoding folder:{root}: 22/22 images (100%)") and lines[-1].endswith(" s")
+
+
+def test_shuffle_buffer_is_capped_by_bytes():
+    def images(n, side, dtype=tf.uint8):
+        ds = tf.data.Dataset.range(n).map(lambda i: (tf.zeros([side, side, 3], dtype), tf.cast(i, tf.int32)))
+        return ds
+
+    # A uint8 image of 224 px and its int32 label: 150 KB; 256 MB of them.
+    assert data.shuffle_buffer_size(images(20_000, 224)) == 256 * 10**6 // (224 * 224 * 3 + 4) == 1700
+    assert data.shuffle_buffer_size(images(20_000, 224, tf.float32)) == 256 * 10**6 // (224 * 224 * 3 * 4 + 4)
+    assert data.shuffle_buffer_size(images(300, 224)) == 300  # the whole split, as before
+    assert data.shuffle_buffer_size(images(20_000, 8)) == 10_000
+    unknown_size = images(20_000, 224).filter(lambda x, y: y >= 0)
+    assert data.shuffle_buffer_size(unknown_size) == 1000
+    variable_shape = tf.data.Dataset.range(20_000).map(lambda i: tf.zeros(tf.stack([i % 5, 3]), tf.uint8))
+    assert data.shuffle_buffer_size(variable_shape) == 10_000
 
 
 def test_load_folder_argument_errors(zoo):

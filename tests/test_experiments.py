@@ -78,7 +78,7 @@ def test_flags_become_the_configuration(tmp_path):
 
     defaults = folder.COMMAND.config_from_args(folder.build_parser().parse_args(["--data-dir", "x"]))
     assert defaults.image_size == 224 and defaults.train.weights == "imagenet" and defaults.train.augment
-    assert defaults.data.cache == "memory" and defaults.output_dir == os.path.join("runs", "folder")
+    assert defaults.data.cache == "auto" and defaults.output_dir == os.path.join("runs", "folder")
     named = folder.build_parser().parse_args(
         ["--data-dir", "x", "--fine-tune-at", "block_13_expand", "--weights", "none"]
     )

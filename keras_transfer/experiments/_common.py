@@ -57,9 +57,12 @@ class DataOptions:
                                help="fraction of each class held out for validation (0: no validation)")
     resize: str = setting("stretch", kind=Choice(data_lib.RESIZE_MODES), group="data",
                           help="stretch (ignore the aspect ratio), crop (centre crop) or pad to a square")
-    cache: str = setting("memory", kind=Text(), flag="--data-cache", group="data", metavar="{memory,none,PATH}",
-                         help="keep the decoded images in memory, decode them every epoch (none), or cache them "
-                              "in files at PATH")
+    cache: str = setting("auto", kind=Text(), flag="--data-cache", group="data",
+                         metavar="{auto,memory,none,PATH}",
+                         help="keep the decoded images in memory, decode them every epoch (none), cache them in "
+                              "files at PATH, or (auto) in memory when they fit in half the available memory "
+                              f"(${data_lib.MEMORY_LIMIT_ENV} sets the budget, e.g. 8G), else in files under "
+                              f"${data_lib.CACHE_DIR_ENV} (default ~/.cache/keras_transfer/images)")
     target: str = setting("breed", kind=Choice(("breed", "species")), group="data",
                           help="Oxford-IIIT Pet: classify the 37 breeds, or cat vs dog (species needs --data-dir)")
 
