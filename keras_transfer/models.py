@@ -403,6 +403,17 @@ def split_below_trainable(model: keras.Model) -> tuple[keras.Model, keras.Model]
     return bottom, keras.Model(features, x, name=f"{model.name}_top")
 
 
+def pooled_from_bottom(top: keras.Model, model: keras.Model) -> keras.Model:
+    """The bottom's outputs -> the pooled backbone features, sharing the layers of `top` and `model`.
+
+    Args:
+        top: the `top` of `split_below_trainable(model)`.
+        model: the classifier.
+    """
+    pooled = model.get_layer(POOLING_NAME)(top.get_layer("backbone_top").output)
+    return keras.Model(top.input, pooled, name=f"{model.name}_pooled_from_bottom")
+
+
 def layer_rate_factors(model: keras.Model, *, lowest: float) -> dict[str, float]:
     """Learning-rate factors of the backbone's trainable variables, by variable path (discriminative fine-tuning).
 

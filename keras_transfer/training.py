@@ -377,6 +377,8 @@ class _Context:
     pictures: dict[str, tuple[float, monitoring.ValidationImages]] = dataclasses.field(default_factory=dict)
     # Phase 1's evaluations on cached features, made in this session.
     head_evaluations: dict[str, Evaluation] = dataclasses.field(default_factory=dict)
+    # The outputs of phase 2's frozen bottom by view, when phase 1 computed them (see `cache_bottom`).
+    bottom_outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -622,17 +624,43 @@ def _cached_features(ctx: _Context, model: keras.Model, splits: _Splits) -> dict
     t0 = time.perf_counter()
     views = " and the mirrored training images" if ctx.config.flip_views else ""
     ctx.say(f"Phase 1: computing backbone features once ({', '.join(splits.ordered)}{views}).")
-    batch = ctx.config.batch_size
-    cached = {"train_x": phases.extract_features(model, ctx.data.train, batch_size=batch),
-              "train_y": splits.labels["train"]}
+    extract = _through_bottom(ctx, model) if _bottom_in_phase_1(ctx) else (
+        lambda ds: phases.extract_features(model, ds, batch_size=ctx.config.batch_size))
+    cached = {"train_x": extract(ctx.data.train), "train_y": splits.labels["train"]}
     if ctx.config.flip_views:
-        cached["train_flip_x"] = phases.extract_features(model, phases.mirrored(ctx.data.train), batch_size=batch)
+        cached["train_flip_x"] = extract(phases.mirrored(ctx.data.train))
     if ctx.data.val is not None:
-        cached["val_x"] = phases.extract_features(model, ctx.data.val, batch_size=batch)
+        cached["val_x"] = extract(ctx.data.val)
         cached["val_y"] = splits.labels["val"]
     state["feature_extraction_s"] = time.perf_counter() - t0
     ctx.run.save_features(cached)
     return cached
+
+
+def _bottom_in_phase_1(ctx: _Context) -> bool:
+    """Whether phase 1 computes its features through phase 2's cached bottom (keeping the bottom's outputs)."""
+    return ctx.config.cache_bottom and ctx.config.fine_tune_epochs > 0 and ctx.config.training_attack is None
+
+
+def _through_bottom(ctx: _Context, model: keras.Model):
+    """images -> pooled features, through the bottom phase 2 will cache; each split's bottom outputs are kept.
+
+    The same work as one pass of the whole backbone, so phase 2 gets its
+    cached bottom for free (`ctx.bottom_outputs`, by view).
+    """
+    unfreeze_for_fine_tuning(model, ctx.config.fine_tune_at, train_batchnorm=ctx.config.train_batchnorm)
+    bottom, top = models_lib.split_below_trainable(model)
+    models_lib.freeze_backbone(model)
+    pooled = models_lib.pooled_from_bottom(top, model)
+    batch = ctx.config.batch_size
+    names = iter(["train", "train_flip", "val"] if ctx.config.flip_views else ["train", "val"])
+
+    def extract(ds: tf.data.Dataset) -> np.ndarray:
+        outputs = np.asarray(bottom.predict(phases.image_batches(ds, batch_size=batch), verbose=0), np.float32)
+        ctx.bottom_outputs[next(names)] = outputs
+        return np.asarray(pooled.predict(outputs, batch_size=batch, verbose=0), np.float32)
+
+    return extract
 
 
 def _linear_probe(ctx: _Context, features: Mapping[str, np.ndarray]) -> None:
@@ -822,20 +850,28 @@ def _cached_bottom(ctx: _Context, model: keras.Model, splits: _Splits):
     bottom, top = models_lib.split_below_trainable(model)
     t0 = time.perf_counter()
     batch = ctx.config.batch_size
+    kept = ctx.bottom_outputs  # computed by phase 1 in this session, if it ran
+    computed = []
 
-    def outputs(ds: tf.data.Dataset) -> np.ndarray:
+    def outputs(name: str, ds: tf.data.Dataset) -> np.ndarray:
+        if name in kept:
+            return kept.pop(name)
+        computed.append(name)
         return np.asarray(bottom.predict(phases.image_batches(ds, batch_size=batch), verbose=0), np.float32)
 
-    views = [outputs(ctx.data.train)] + ([outputs(phases.mirrored(ctx.data.train))] if ctx.config.augment else [])
+    views = [outputs("train", ctx.data.train)]
+    if ctx.config.augment:
+        views.append(outputs("train_flip", phases.mirrored(ctx.data.train)))
     val = None
     if "val" in splits.labels:
-        val = phases.feature_batches(outputs(ctx.data.val), splits.labels["val"], batch_size=batch)
+        val = phases.feature_batches(outputs("val", ctx.data.val), splits.labels["val"], batch_size=batch)
     state = ctx.phase("fine_tune")
     state["bottom_extraction_s"] = state.get("bottom_extraction_s", 0.0) + time.perf_counter() - t0
     state["bottom_output_shape"] = list(views[0].shape[1:])
-    ctx.say(f"Phase 2: the backbone below {top.get_layer('backbone_top').backbone.layers[1].name!r} computed once "
-            f"({len(views)} view{'s' * (len(views) > 1)} of the training images; {views[0][0].nbytes / 1e3:.0f} KB "
-            f"each) in {time.perf_counter() - t0:.0f} s.")
+    how = f"computed in {time.perf_counter() - t0:.0f} s" if computed else "kept from phase 1's pass"
+    ctx.say(f"Phase 2 trains on the backbone's outputs below {top.get_layer('backbone_top').backbone.layers[1].name!r}"
+            f" ({len(views)} view{'s' * (len(views) > 1)} of the training images, {views[0][0].nbytes / 1e3:.0f} KB "
+            f"each; {how}).")
     train = phases.view_batches(views, splits.labels["train"], batch_size=batch, seed=ctx.config.seed)
     return top, train, val
 

@@ -788,6 +788,9 @@ def test_split_below_trainable_moves_the_cut_below_a_skip_connection():
     assert {id(v) for v in top.trainable_variables} == {id(v) for v in model.trainable_variables}
     images, _ = synthetic_images(4, seed=3)
     np.testing.assert_allclose(top(bottom(images)).numpy(), model(images).numpy(), rtol=1e-4, atol=1e-5)
+    pooled = models_lib.pooled_from_bottom(top, model)
+    np.testing.assert_allclose(pooled(bottom(images)).numpy(), models_lib.feature_extractor(model)(images).numpy(),
+                               rtol=1e-4, atol=1e-5)
     models_lib.freeze_backbone(model)
     with pytest.raises(ValueError, match="frozen backbone"):
         models_lib.split_below_trainable(model)
@@ -812,15 +815,16 @@ def test_view_batches_draw_one_view_per_example_each_epoch():
 
 
 @pytest.mark.slow
-def test_fine_tuning_on_the_cached_bottom_trains_the_classifier(backbone_weights, tmp_path):
+def test_fine_tuning_on_the_cached_bottom_trains_the_classifier(backbone_weights, tmp_path, capsys):
     from keras_transfer import phases
 
     data = image_data()
     config = tiny_config(backbone_weights, fine_tune_epochs=3, fine_tune_learning_rate=1e-3, cache_bottom=True,
-                         fine_tune_at=-12, augment=True)
+                         fine_tune_at=-12, augment=True, verbose=2)
     result = training.train(data, config, output_dir=tmp_path / "run")
     state = result.metrics["phases"]["fine_tune"]
-    assert state["bottom_extraction_s"] > 0 and len(state["bottom_output_shape"]) == 3
+    assert len(state["bottom_output_shape"]) == 3
+    assert "kept from phase 1's pass" in capsys.readouterr().out  # phase 1's features went through the bottom
     history = result.history["fine_tune"]
     assert history["loss"][-1] < history["loss"][0]
     # The top trained the classifier itself: its accuracy on the images is the last epoch's validation accuracy.
