@@ -87,8 +87,7 @@ def cached_bottom(model, train: tf.data.Dataset, labels: np.ndarray, *, epochs: 
     """Epoch seconds on the bottom's outputs, and the seconds of computing them (both views)."""
     start = time.perf_counter()
     bottom, top = kt.models.split_below_trainable(model)
-    views = [np.asarray(bottom.predict(phases.image_batches(ds, batch_size=batch_size), verbose=0), np.float32)
-             for ds in (train, phases.mirrored(train))]
+    views = [phases.predict_images(bottom, ds, batch_size=batch_size) for ds in (train, phases.mirrored(train))]
     extraction = time.perf_counter() - start
     timer = EpochStarts()
     run = RunFolder(folder)

@@ -530,9 +530,19 @@ def extract_features(model: keras.Model, ds: tf.data.Dataset, *, batch_size: int
         ds: unbatched uint8 `(image, label)` dataset.
         batch_size: inference batch size. Defaults to `32`.
     """
-    extractor = models_lib.feature_extractor(model)
-    features = extractor.predict(image_batches(ds, batch_size=batch_size), verbose=0)
-    return np.asarray(features, dtype=np.float32)
+    return predict_images(models_lib.feature_extractor(model), ds, batch_size=batch_size)
+
+
+def predict_images(model: keras.Model, ds: tf.data.Dataset, *, batch_size: int = 32) -> np.ndarray:
+    """`model`'s float32 outputs for an unbatched uint8 `(image, label)` split, in order.
+
+    Args:
+        model: any model of images in [0, 255] (a classifier, its feature
+            extractor, the bottom of `models.split_below_trainable`).
+        ds: unbatched uint8 `(image, label)` dataset.
+        batch_size: inference batch size. Defaults to `32`.
+    """
+    return np.asarray(model.predict(image_batches(ds, batch_size=batch_size), verbose=0), dtype=np.float32)
 
 
 def fit_head_on_features(

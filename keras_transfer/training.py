@@ -639,7 +639,7 @@ def _cached_features(ctx: _Context, model: keras.Model, splits: _Splits) -> dict
 
 def _bottom_in_phase_1(ctx: _Context) -> bool:
     """Whether phase 1 computes its features through phase 2's cached bottom (keeping the bottom's outputs)."""
-    return ctx.config.cache_bottom and ctx.config.fine_tune_epochs > 0 and ctx.config.training_attack is None
+    return ctx.config.cache_bottom and ctx.config.fine_tune_epochs > 0  # TrainConfig refuses it with an attack
 
 
 def _through_bottom(ctx: _Context, model: keras.Model):
@@ -656,7 +656,7 @@ def _through_bottom(ctx: _Context, model: keras.Model):
     names = iter(["train", "train_flip", "val"] if ctx.config.flip_views else ["train", "val"])
 
     def extract(ds: tf.data.Dataset) -> np.ndarray:
-        outputs = np.asarray(bottom.predict(phases.image_batches(ds, batch_size=batch), verbose=0), np.float32)
+        outputs = phases.predict_images(bottom, ds, batch_size=batch)
         ctx.bottom_outputs[next(names)] = outputs
         return np.asarray(pooled.predict(outputs, batch_size=batch, verbose=0), np.float32)
 
@@ -857,7 +857,7 @@ def _cached_bottom(ctx: _Context, model: keras.Model, splits: _Splits):
         if name in kept:
             return kept.pop(name)
         computed.append(name)
-        return np.asarray(bottom.predict(phases.image_batches(ds, batch_size=batch), verbose=0), np.float32)
+        return phases.predict_images(bottom, ds, batch_size=batch)
 
     views = [outputs("train", ctx.data.train)]
     if ctx.config.augment:

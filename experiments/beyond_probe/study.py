@@ -78,12 +78,9 @@ def prepare(seed: int) -> dict:
     training.unfreeze_for_fine_tuning(model, None, train_batchnorm=False)
     bottom, _ = models.split_below_trainable(model)
 
-    def outputs(ds):
-        return np.asarray(bottom.predict(phases.image_batches(ds, batch_size=BATCH), verbose=0), np.float32)
-
-    views = [outputs(data.train), outputs(phases.mirrored(data.train))]
+    views = [phases.predict_images(bottom, ds, batch_size=BATCH) for ds in (data.train, phases.mirrored(data.train))]
     return {"model": model, "weights": model.get_weights(), "views": views, "labels": labels,
-            "val_bottom": outputs(data.val), "probe": probe_result.val_accuracy,
+            "val_bottom": phases.predict_images(bottom, data.val, batch_size=BATCH), "probe": probe_result.val_accuracy,
             "head": {"val_accuracy": head["val_accuracy"], "val_loss": head["val_loss"],
                      "val_accuracy_flip_averaged": flip_accuracy},
             "prepare_s": time.perf_counter() - start}
