@@ -116,14 +116,14 @@ class TrainConfig:
                                    help="Adam learning rate of phase 1")
     label_smoothing: float = setting(0.0, kind=Real(min=0, max=1, max_open=True), group="training",
                                      help="label smoothing of the cross-entropy in both phases (0: none)")
-    fine_tune_learning_rate: float | None = setting(None, kind=Optional(Real(min=0, min_open=True)),
-                                                    group="training",
-                                                    help="Adam learning rate of phase 2 (default: "
-                                                         "--learning-rate / 100, as keras.io's guide)")
-    fine_tune_schedule: str = setting("constant", kind=Choice(phases.SCHEDULES), group="training",
-                                      help="learning rate of phase 2 over its steps: constant, or cosine decay "
-                                           "to 0 at its last epoch (after --warmup-epochs)")
-    warmup_epochs: int = setting(0, kind=Int(min=0), group="training",
+    fine_tune_learning_rate: float = setting(3e-4, kind=Real(min=0, min_open=True), group="training",
+                                             help="Adam learning rate of phase 2, reached after --warmup-epochs "
+                                                  "(chosen in experiments/beyond_probe: keras.io's 1e-5 left the "
+                                                  "head's accuracy unchanged)")
+    fine_tune_schedule: str = setting("cosine", kind=Choice(phases.SCHEDULES), group="training",
+                                      help="learning rate of phase 2 over its steps: cosine decay to 0 at its last "
+                                           "epoch (after --warmup-epochs), or constant")
+    warmup_epochs: int = setting(1, kind=Int(min=0), group="training",
                                  help="phase 2 starts with this many epochs of linear warmup from 0")
     weight_decay: float = setting(0.0, kind=Real(min=0), group="training",
                                   help="decoupled weight decay of phase 2 (AdamW; 0: Adam)")
@@ -132,17 +132,18 @@ class TrainConfig:
                                             "trainable backbone layer, as a fraction of the top's; the layers "
                                             "between get geometrically spaced fractions and the head the full "
                                             "rate (Howard & Ruder 2018; 1: one rate)")
-    ema_momentum: float = setting(0.0, kind=Real(min=0, max=1, max_open=True), group="training",
+    ema_momentum: float = setting(0.99, kind=Real(min=0, max=1, max_open=True), group="training",
                                   help="phase 2 keeps an exponential moving average of its weights with this "
                                        "momentum per step (Polyak averaging, Keras' use_ema), validates and ends on "
                                        "the averaged weights (0: off)")
-    cache_bottom: bool = setting(False, kind=Flag(), group="training",
-                                 help="phase 2 computes the frozen bottom of the backbone (below --fine-tune-at) "
-                                      "once for each training image and its mirror image, and trains the top on "
-                                      "them: an epoch costs what the trainable part costs, and its augmentation "
-                                      "is only the flip. Recomputed when a run resumes; holds the bottom's "
-                                      "outputs in memory (e.g. 75 KB a view for MobileNetV2's default top third "
-                                      "at 224 px)")
+    cache_bottom: bool | None = setting(None, kind=Optional(Flag()), group="training",
+                                        help="phase 2 computes the frozen bottom of the backbone (below "
+                                             "--fine-tune-at) once for each training image and its mirror image, "
+                                             "and trains the top on them: an epoch costs what the trainable part "
+                                             "costs, and its augmentation is only the flip. Recomputed when a run "
+                                             "resumes; holds the bottom's outputs in memory (e.g. 75 KB a view for "
+                                             "MobileNetV2's default top third at 224 px). Default: on, unless "
+                                             "phase 2 attacks or mixes its images, which needs the images")
     train_batchnorm: bool = setting(False, kind=Flag(), group="training",
                                     help="also train BatchNormalization scale and offset in phase 2 (their "
                                          "moving statistics never change)")
@@ -214,10 +215,12 @@ class TrainConfig:
             raise ValueError("adversarial_eps trains phase 2 adversarially; it needs fine_tune_epochs > 0. "
                              f"Received: adversarial_eps={self.adversarial_eps}, fine_tune_epochs=0")
         adversarial_lib.check_radius("adversarial_eps", self.adversarial_eps, self.adversarial_norm)
+        mixed = self.mixup_alpha or self.cutmix_alpha
+        if self.cache_bottom is None:
+            self.cache_bottom = not (self.adversarial_eps or mixed)
         if self.cache_bottom and self.adversarial_eps:
             raise ValueError("cache_bottom trains on the bottom's outputs, which an attack on the pixels cannot "
                              f"change. Received: cache_bottom=True, adversarial_eps={self.adversarial_eps}")
-        mixed = self.mixup_alpha or self.cutmix_alpha
         if mixed and not self.fine_tune_epochs:
             raise ValueError("mixup_alpha and cutmix_alpha mix phase 2's batches; they need fine_tune_epochs > 0. "
                              f"Received: mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
@@ -227,12 +230,6 @@ class TrainConfig:
                              f"cache_bottom. Received: mixup_alpha={self.mixup_alpha}, cutmix_alpha="
                              f"{self.cutmix_alpha}, adversarial_eps={self.adversarial_eps}, "
                              f"cache_bottom={self.cache_bottom}")
-
-    @property
-    def resolved_fine_tune_learning_rate(self) -> float:
-        if self.fine_tune_learning_rate is not None:
-            return float(self.fine_tune_learning_rate)
-        return float(self.learning_rate) / 100.0
 
     @property
     def training_attack(self) -> adversarial_training.AdversarialTraining | None:
@@ -426,12 +423,18 @@ def _fingerprint(config: TrainConfig, data: data_lib.ImageData) -> dict[str, Any
     return jsonable({"train": config.fingerprint(), "data": data_info})
 
 
+# Settings added after runs were made, with the value that reproduces what those runs did
+# where it differs from today's default.
+_BEFORE_THEY_EXISTED = {"ema_momentum": 0.0, "cache_bottom": False, "fine_tune_schedule": "constant",
+                        "warmup_epochs": 0}
+
+
 def _check_fingerprint(saved: Mapping[str, Any], current: Mapping[str, Any], root: str, *, complete: bool) -> None:
     if saved == current:
         return
     # A setting added after the run was made is absent from its fingerprint:
-    # the run used what is now that setting's default.
-    defaults = jsonable({f.name: f.default for f in dataclasses.fields(TrainConfig)})
+    # the run did what that setting's "off" value does, or else its default.
+    defaults = jsonable({f.name: f.default for f in dataclasses.fields(TrainConfig)} | _BEFORE_THEY_EXISTED)
     differences = []
     for section in ("train", "data"):
         a, b = saved.get(section, {}), current.get(section, {})
@@ -790,7 +793,7 @@ def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_e
         ctx.run.load_weights(model, "fine_tune")
         return
     ctx.start_clock("fine_tune")
-    lr = ctx.config.resolved_fine_tune_learning_rate
+    lr = ctx.config.fine_tune_learning_rate
     trainable = unfreeze_for_fine_tuning(model, ctx.config.fine_tune_at, train_batchnorm=ctx.config.train_batchnorm)
     factors = None
     if ctx.config.lowest_layer_rate != 1.0:

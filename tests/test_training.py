@@ -129,7 +129,6 @@ def test_config_rejects_bad_values_and_names_them():
         training.TrainConfig(epochs=0, fine_tune_epochs=0)
     with pytest.raises(ValueError, match="Unknown backbone"):
         training.TrainConfig(backbone="mobilenett")
-    assert training.TrainConfig(learning_rate=1e-3).resolved_fine_tune_learning_rate == pytest.approx(1e-5)
     assert training.resolve_mixed_precision("auto") == (
         "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
     )
@@ -761,15 +760,29 @@ def test_layer_rate_factors_scale_each_layers_steps(backbone_weights):
     assert restored.rate_factors == factors
 
 
-def test_old_runs_resume_when_a_new_setting_keeps_its_default():
+def test_phase_2_defaults_are_the_measured_recipe_and_the_cached_bottom_gives_way_to_pixel_work():
+    config = training.TrainConfig()  # experiments/beyond_probe chose these on five pets splits
+    assert (config.fine_tune_learning_rate, config.fine_tune_schedule, config.warmup_epochs,
+            config.ema_momentum, config.cache_bottom) == (3e-4, "cosine", 1, 0.99, True)
+    # An attack or a mix works on pixels, so the default cached bottom steps aside ...
+    assert training.TrainConfig(adversarial_eps=2.0).cache_bottom is False
+    assert training.TrainConfig(cutmix_alpha=1.0).cache_bottom is False
+    # ... but asking for both is an error that names them.
+    with pytest.raises(ValueError, match="cache_bottom=True, adversarial_eps=2.0"):
+        training.TrainConfig(cache_bottom=True, adversarial_eps=2.0)
+    assert training.TrainConfig(fine_tune_epochs=0).cache_bottom is True  # harmless: nothing to cache for
+
+
+def test_old_runs_resume_when_a_new_setting_does_what_they_did():
     from keras_transfer.errors import ResumeMismatchError
 
     saved = {"train": {k: v for k, v in training.TrainConfig().fingerprint().items() if k != "ema_momentum"},
              "data": {}}
     current = {"train": training.TrainConfig().fingerprint(), "data": {}}
+    current["train"]["ema_momentum"] = 0.0  # what the run did before the setting existed
     training._check_fingerprint(saved, current, "run", complete=False)  # no error
-    current["train"]["ema_momentum"] = 0.9
-    with pytest.raises(ResumeMismatchError, match="ema_momentum: saved None, now 0.9"):
+    current["train"]["ema_momentum"] = 0.99  # today's default averages: not what that run did
+    with pytest.raises(ResumeMismatchError, match="ema_momentum: saved None, now 0.99"):
         training._check_fingerprint(saved, current, "run", complete=False)
 
 

@@ -76,7 +76,7 @@ def add_flags(
             kwargs["required"] = True
         else:
             kwargs["default"] = default
-        if isinstance(spec.kind, settings_lib.Flag):
+        if _is_flag(spec.kind):  # an Optional(Flag()) stays None (its config's default) unless given
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kind = spec.kind
@@ -123,6 +123,12 @@ def _default(field: dataclasses.Field):
     if field.default_factory is not dataclasses.MISSING:
         return field.default_factory()
     return None
+
+
+def _is_flag(kind) -> bool:
+    if isinstance(kind, settings_lib.Optional):
+        kind = kind.kind
+    return isinstance(kind, settings_lib.Flag)
 
 
 def _choices(kind) -> tuple[str, ...] | None:
