@@ -433,19 +433,36 @@ def _callbacks(plan, options, run, records, extra, on_commit) -> list[keras.call
     # Order matters at the end of an epoch: logs and images are written
     # before the epoch is committed as done.
     callbacks: list[keras.callbacks.Callback] = [keras.callbacks.TerminateOnNaN()]
+    swap = None
     if plan.optimization.ema_momentum:
         # Validation (hence early stopping) judges the averaged weights; the
         # epoch backups hold the raw weights and the average (optimizer state).
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=False))
+        swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=False)
+        callbacks.append(swap)
     if options.tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=options.tensorboard_dir, write_graph=False))
         if plan.optimization.scheduled:
             callbacks.append(StepLearningRate(f"{options.tensorboard_dir}/train", first_epoch=plan.first_epoch))
-    callbacks.extend(extra)
+    if swap is not None and extra:
+        # The pictures and the caller's callbacks see, at an epoch's end, the weights validation judged.
+        callbacks.extend([_SwapAtEpochEnd(swap), *extra, _SwapAtEpochEnd(swap)])
+    else:
+        callbacks.extend(extra)
     callbacks.append(EpochCommit(plan.name, records, run, on_commit=on_commit, early_stop=plan.early_stop))
     if plan.early_stop is not None:
         callbacks.append(_StopWhenNoBetter(plan.early_stop, records, plan.first_epoch))
     return callbacks
+
+
+class _SwapAtEpochEnd(keras.callbacks.Callback):
+    """Swaps the averaged and the raw weights at an epoch's end (a pair of these brackets other callbacks)."""
+
+    def __init__(self, swap: keras.callbacks.SwapEMAWeights):
+        super().__init__()
+        self.swap = swap
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.swap._swap_variables()  # Keras' own swap, distribution-aware; its own use is during validation
 
 
 def check_finite(phase: str, records: Mapping[int, Mapping[str, float]], learning_rate: float) -> None:

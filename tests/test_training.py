@@ -64,6 +64,9 @@ def tiny_config(weights: str | None, **overrides) -> training.TrainConfig:
         backbone="mobilenet", alpha=0.25, weights=weights, batch_size=16, epochs=3, fine_tune_epochs=2,
         learning_rate=1e-2, fine_tune_learning_rate=1e-4, augment=False, verbose=0, tensorboard_images_every=0,
         early_stopping_patience=0,
+        # Phase 2 on images at one rate, unaveraged: what these tests exercise unless they say otherwise (a few
+        # steps of EMA 0.99 would barely leave the head's weights; the defaults run in test_crash_safety).
+        cache_bottom=False, fine_tune_schedule="constant", warmup_epochs=0, ema_momentum=0.0,
     )
     values.update(overrides)
     return training.TrainConfig(**values)
@@ -715,6 +718,29 @@ def test_weight_average_is_validated_resumed_and_ended_on(tmp_path):
     phases.run_phase(resumed, options=options, run=RunFolder(tmp_path / "cut"))
     for a, b in zip(resumed.model.get_weights(), ordered.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_callbacks_see_the_averaged_weights_at_an_epochs_end_and_training_goes_on_from_the_raw_ones():
+    from keras_transfer import phases
+
+    class Seen(keras.callbacks.Callback):
+        def __init__(self, val):
+            super().__init__()
+            self.val, self.losses = val, []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.losses.append((self.model.evaluate(self.val, verbose=0)[0], logs["val_loss"]))
+
+    optimization = phases.Optimization(0.05, ema_momentum=0.8)
+    watched = _small_plan(optimization)
+    seen = Seen(watched.val)
+    phases.run_phase(watched, options=phases.FitOptions(verbose=0), callbacks=[seen])
+    for loss, validated in seen.losses:  # e.g. the TensorBoard pictures draw what validation judged
+        assert loss == pytest.approx(validated, rel=1e-5)
+    unwatched = _small_plan(optimization)
+    phases.run_phase(unwatched, options=phases.FitOptions(verbose=0))
+    for a, b in zip(watched.model.get_weights(), unwatched.model.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the swaps cancel: the same run
 
 
 @pytest.mark.parametrize("folder", [True, False])
