@@ -374,8 +374,10 @@ class _Context:
     pictures: dict[str, tuple[float, monitoring.ValidationImages]] = dataclasses.field(default_factory=dict)
     # Phase 1's evaluations on cached features, made in this session.
     head_evaluations: dict[str, Evaluation] = dataclasses.field(default_factory=dict)
-    # The outputs of phase 2's frozen bottom by view, when phase 1 computed them (see `cache_bottom`).
+    # The outputs of phase 2's frozen bottom by view (see `cache_bottom`), computed once in this session,
+    # and the top that phase 2 trained on them: the final evaluation runs only the top.
     bottom_outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    cached_top: keras.Model | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -857,10 +859,10 @@ def _cached_bottom(ctx: _Context, model: keras.Model, splits: _Splits):
     computed = []
 
     def outputs(name: str, ds: tf.data.Dataset) -> np.ndarray:
-        if name in kept:
-            return kept.pop(name)
-        computed.append(name)
-        return phases.predict_images(bottom, ds, batch_size=batch)
+        if name not in kept:
+            computed.append(name)
+            kept[name] = phases.predict_images(bottom, ds, batch_size=batch)
+        return kept[name]
 
     views = [outputs("train", ctx.data.train)]
     if ctx.config.augment:
@@ -876,6 +878,8 @@ def _cached_bottom(ctx: _Context, model: keras.Model, splits: _Splits):
             f" ({len(views)} view{'s' * (len(views) > 1)} of the training images, {views[0][0].nbytes / 1e3:.0f} KB "
             f"each; {how}).")
     train = phases.view_batches(views, splits.labels["train"], batch_size=batch, seed=ctx.config.seed)
+    kept.pop("train_flip", None)  # the final evaluation needs only the splits' own images
+    ctx.cached_top = top
     return top, train, val
 
 
@@ -895,6 +899,11 @@ def _complete_phase(ctx: _Context, model: keras.Model, phase: str) -> None:
 
 def _evaluate_split(ctx: _Context, model: keras.Model, splits: _Splits, name: str) -> Evaluation:
     samples = splits.samples if name == "val" else None
+    outputs = ctx.bottom_outputs.get(name) if ctx.cached_top is not None else None
+    if outputs is not None:
+        # The frozen bottom's outputs of these very images, from phase 2: the top alone gives the model's logits.
+        batches = phases.feature_batches(outputs, splits.labels[name], batch_size=ctx.config.batch_size)
+        return eval_lib.evaluate(ctx.cached_top, batches, splits.labels[name], ctx.class_names, samples=samples)
     return eval_lib.evaluate(model, splits.ordered[name], splits.labels[name], ctx.class_names, samples=samples)
 
 

@@ -866,9 +866,17 @@ def test_fine_tuning_on_the_cached_bottom_trains_the_classifier(backbone_weights
     assert "kept from phase 1's pass" in capsys.readouterr().out  # phase 1's features went through the bottom
     history = result.history["fine_tune"]
     assert history["loss"][-1] < history["loss"][0]
-    # The top trained the classifier itself: its accuracy on the images is the last epoch's validation accuracy.
+    # The top trained the classifier itself: its accuracy on the images is the last epoch's validation accuracy,
+    # and the final evaluation (made by the top on the kept bottom outputs) is the classifier's on the images.
     assert result.metrics["final"]["val"]["accuracy"] == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
     model = result.model
+    for split, images in (("train", data.train), ("val", data.val)):
+        logits = model.predict(images.batch(16), verbose=0)
+        labels = np.concatenate([y.numpy() for _, y in images.batch(64)])
+        accuracy = float(np.mean(np.argmax(logits, axis=1) == labels))
+        assert result.metrics["final"][split]["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+    loss = float(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True).numpy().mean())
+    assert result.metrics["final"]["val"]["loss"] == pytest.approx(loss, rel=1e-4)
     phases.compile_classifier(model)  # Keras' validation loss holds the head's L2 penalty too
     val_loss = model.evaluate(data.val.batch(16), verbose=0)[0]
     assert val_loss == pytest.approx(history["val_loss"][-1], rel=1e-4)
