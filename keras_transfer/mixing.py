@@ -72,11 +72,14 @@ class MixedSamples:
     mixup_alpha: float = setting(0.0, kind=Real(min=0),
                                  help="mixup in phase 2 (Zhang et al. 2018): training images and labels are "
                                       "blended in pairs with a weight drawn from Beta(alpha, alpha) (0: off; "
-                                      "0.1 to 0.4 are usual; see keras_transfer.mixing)")
+                                      "0.1 to 0.4 are usual; see keras_transfer.mixing). Off by default: it needs phase 2 on "
+                                      "images, about 3.5x the cost of an epoch on the cached bottom, for a gain not "
+                                      "measured yet on the shared photos")
     cutmix_alpha: float = setting(0.0, kind=Real(min=0),
                                   help="CutMix in phase 2 (Yun et al. 2019): a rectangle of another training "
                                        "image, of area fraction drawn from Beta(alpha, alpha), is pasted into "
-                                       "each and the labels weighted by area (0: off; 1 is usual)")
+                                       "each and the labels weighted by area (0: off; 1 is usual). Off by default, as "
+                                       "--mixup-alpha")
     switch_prob: float = setting(0.5, kind=Real(min=0, max=1),
                                  help="with both mixup and CutMix on, the probability that a batch uses CutMix")
     seed: int = setting(0, kind=Int(), help="seed of the mixing draws.")

@@ -1,4 +1,4 @@
-"""Which fine-tuning levers pay on pets: phase 2 variants against the head and the linear probe, per split.
+"""Which fine-tuning levers pay (pets, or cats vs dogs): phase 2 variants against the head and the linear probe, per split.
 
 For each split seed this does once what the main job's phase 1 does (the
 MobileNetV2 features of the training images, of their mirror images and of
@@ -17,6 +17,7 @@ per split and variant the validation accuracy and loss, the epochs run and the
 epoch ended on, the seconds, and the probe's and the head's accuracy.
 
     KERAS_HOME=... python experiments/beyond_probe/study.py --seeds 0 1 2 3 4 --output experiments/beyond_probe/pets.json
+    KERAS_HOME=... python experiments/beyond_probe/study.py --task cats_vs_dogs --output experiments/beyond_probe/cvd.json
 
 Needs KERAS_HOME with the MobileNetV2 weights and ../shared/data.
 """
@@ -35,7 +36,9 @@ import keras_transfer as kt
 from keras_transfer import evaluation, models, phases, probe, training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PETS = os.path.join(HERE, "..", "..", "..", "shared", "data", "oxford_pets")
+SHARED = os.path.join(HERE, "..", "..", "..", "shared", "data")
+# task -> (loader, its data folder under ../shared/data)
+TASKS = {"pets": (kt.load_oxford_pets, "oxford_pets"), "cats_vs_dogs": (kt.load_cats_vs_dogs, "cats_vs_dogs/train")}
 BATCH = 32
 
 # name -> (phases.Optimization keyword arguments, lowest_layer_rate, epochs, early-stopping patience or None).
@@ -54,10 +57,11 @@ VARIANTS = {
 }
 
 
-def prepare(seed: int) -> dict:
+def prepare(task: str, seed: int) -> dict:
     """Phase 1 of the main job on one split, and the cached bottom of its phase 2."""
     start = time.perf_counter()
-    data = kt.load_oxford_pets(PETS, image_size=224, val_split=0.2, seed=seed)
+    load, folder = TASKS[task]
+    data = load(os.path.join(SHARED, folder), image_size=224, val_split=0.2, seed=seed)
     keras.utils.set_random_seed(seed)
     n = len(data.train)
     model = kt.build_classifier("mobilenet_v2", num_classes=len(data.class_names), image_size=224,
@@ -136,6 +140,7 @@ def summarize(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=list(TASKS), default="pets", help="the data set (default: pets)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
                         help="the phase-2 variants to run (none: phase 1, the probe and flip averaging only)")
@@ -154,7 +159,7 @@ def main() -> None:
         return
     results = {}
     for seed in args.seeds:
-        prepared = prepare(seed)
+        prepared = prepare(args.task, seed)
         row = {"probe": prepared["probe"], "head": prepared["head"], "prepare_s": prepared["prepare_s"]}
         print(f"split {seed}: probe {row['probe']:.4f}, head {row['head']['val_accuracy']:.4f} "
               f"(loss {row['head']['val_loss']:.4f}; flip-averaged {row['head']['val_accuracy_flip_averaged']:.4f}),"
