@@ -421,7 +421,9 @@ def describe(args, config: commands.ExperimentConfig, split: Split, report: data
         + ("on cached features" + (" (+ mirrored)" if train.flip_views else "") if train.cache_features
            else "on the frozen backbone")
         + f", lr {train.learning_rate:g}; phase 2 up to {train.fine_tune_epochs} epochs, lr "
-        f"{train.fine_tune_learning_rate:g}, fine_tune_at {train.fine_tune_at or 'top third'}, "
+        f"{train.fine_tune_learning_rate:g} ({train.fine_tune_schedule}, warmup {train.warmup_epochs}), EMA "
+        f"{train.ema_momentum:g}, " + ("on the cached bottom" if train.cache_bottom else "on images")
+        + f", fine_tune_at {train.fine_tune_at or 'top third'}, "
         f"early stopping patience {train.early_stopping_patience}; batch {train.batch_size}.")
     say(f"recipe: keras.io guide: phase 1 {args.recipe_head_epochs} epochs, Adam 1e-3; phase 2 "
         f"{args.recipe_fine_tune_epochs} epochs, Adam 1e-5, {args.recipe_unfreeze} of the base trainable; "
