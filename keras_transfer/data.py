@@ -315,7 +315,7 @@ def cache_dir() -> str:
     return os.path.abspath(folder)
 
 
-def _format_bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
     for unit, size in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
@@ -347,15 +347,15 @@ def _resolve_cache(
         files_lib.check_writable_dir(folder, what="image cache folder")
     except OSError as error:
         raise type(error)(
-            f"{error} The decoded images ({_format_bytes(need)}) do not fit in the memory budget "
-            f"({_format_bytes(budget)}, {why}): set {CACHE_DIR_ENV} to a writable folder for their cache "
+            f"{error} The decoded images ({format_bytes(need)}) do not fit in the memory budget "
+            f"({format_bytes(budget)}, {why}): set {CACHE_DIR_ENV} to a writable folder for their cache "
             "files, or pass cache='memory' / 'none' / a path prefix (--data-cache)."
         ) from None
     prefix = os.path.join(folder, name or "data")
     logger.warning(
         "Data: the decoded images would take %s, more than the memory budget of %s (%s); caching them in "
         "files under %s instead (--data-cache memory, or cache='memory', to override).",
-        _format_bytes(need), _format_bytes(budget), why, folder,
+        format_bytes(need), format_bytes(budget), why, folder,
     )
     return prefix, _cache_name(prefix)
 

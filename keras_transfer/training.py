@@ -634,7 +634,7 @@ def _cached_features(ctx: _Context, model: keras.Model, splits: _Splits) -> dict
     t0 = time.perf_counter()
     views = " and the mirrored training images" if ctx.config.flip_views else ""
     ctx.say(f"Phase 1: computing backbone features once ({', '.join(splits.ordered)}{views}).")
-    extract = _through_bottom(ctx, model) if _bottom_in_phase_1(ctx) else (
+    extract = _through_bottom(ctx, model) or (
         lambda ds: phases.extract_features(model, ds, batch_size=ctx.config.batch_size))
     cached = {"train_x": extract(ctx.data.train), "train_y": splits.labels["train"]}
     if ctx.config.flip_views:
@@ -647,20 +647,53 @@ def _cached_features(ctx: _Context, model: keras.Model, splits: _Splits) -> dict
     return cached
 
 
-def _bottom_in_phase_1(ctx: _Context) -> bool:
-    """Whether phase 1 computes its features through phase 2's cached bottom (keeping the bottom's outputs)."""
-    return ctx.config.cache_bottom and ctx.config.fine_tune_epochs > 0  # TrainConfig refuses it with an attack
+def _on_cached_bottom(ctx: _Context, bottom: keras.Model) -> bool:
+    """Whether phase 2 trains on `bottom`'s outputs: asked for (`cache_bottom`) and they fit in memory.
+
+    Decided once per run and kept in its state, so that a resumed run goes on the way it started.
+    """
+    state = ctx.phase("fine_tune")
+    if "on_cached_bottom" not in state:
+        state["on_cached_bottom"] = bool(ctx.config.cache_bottom and ctx.config.fine_tune_epochs > 0
+                                         and _bottom_fits(ctx, bottom))
+    return bool(state["on_cached_bottom"])
+
+
+def _bottom_fits(ctx: _Context, bottom: keras.Model) -> bool:
+    """Whether the bottom's outputs of every view, beside the images cached in memory, fit the memory budget.
+
+    The budget is the one `cache="auto"` gives the decoded images (`data.memory_budget`: half the available
+    memory, or `KERAS_TRANSFER_MEMORY_LIMIT`); when they do not fit, phase 2 runs on images, and says so.
+    """
+    used = ctx.data.report.used
+    views = used.get("train", 0) * (2 if ctx.config.augment else 1) + used.get("val", 0)
+    need = views * int(np.prod(bottom.output.shape[1:])) * 4  # float32
+    if ctx.data.report.cache == "memory":
+        need += sum(used.values()) * ctx.data.image_size ** 2 * 3
+    budget, source = data_lib.memory_budget()
+    if budget is None or need <= budget:
+        return True
+    ctx.say(f"Phase 2 fine-tunes on images, not on the cached bottom: the bottom's outputs of {views} views, with "
+            f"the images cached in memory, need {data_lib.format_bytes(need)}, more than the memory budget "
+            f"({data_lib.format_bytes(budget)}, {source}). {data_lib.MEMORY_LIMIT_ENV} sets another budget; "
+            "--no-cache-bottom says this is intended.")
+    return False
 
 
 def _through_bottom(ctx: _Context, model: keras.Model):
-    """images -> pooled features, through the bottom phase 2 will cache; each split's bottom outputs are kept.
+    """images -> pooled features through the bottom phase 2 will cache, keeping each split's bottom outputs;
+    `None` when phase 2 will not train on the cached bottom.
 
     The same work as one pass of the whole backbone, so phase 2 gets its
     cached bottom for free (`ctx.bottom_outputs`, by view).
     """
+    if not (ctx.config.cache_bottom and ctx.config.fine_tune_epochs > 0):
+        return None
     unfreeze_for_fine_tuning(model, ctx.config.fine_tune_at, train_batchnorm=ctx.config.train_batchnorm)
     bottom, top = models_lib.split_below_trainable(model)
     models_lib.freeze_backbone(model)
+    if not _on_cached_bottom(ctx, bottom):
+        return None
     pooled = models_lib.pooled_from_bottom(top, model)
     batch = ctx.config.batch_size
     names = iter(["train", "train_flip", "val"] if ctx.config.flip_views else ["train", "val"])
@@ -828,8 +861,9 @@ def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_e
         if mix is not None:
             ctx.say(f"Phase 2 mixes its training batches: {mix.describe()}.")
             fitted = mixing.MixedSampleFineTuning(model, mixing=mix)
-        if ctx.config.cache_bottom:
-            fitted, train, val = _cached_bottom(ctx, model, splits)
+        bottom, top = models_lib.split_below_trainable(model) if ctx.config.cache_bottom else (None, None)
+        if bottom is not None and _on_cached_bottom(ctx, bottom):
+            fitted, train, val = _cached_bottom(ctx, bottom, top, splits)
             val_features = val
     plan = phases.PhasePlan("fine_tune", fitted, train, val, first_epoch, ctx.config.fine_tune_epochs, optimization,
                             early_stop=early_stop)
@@ -850,14 +884,13 @@ def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_e
     _complete_phase(ctx, model, "fine_tune")
 
 
-def _cached_bottom(ctx: _Context, model: keras.Model, splits: _Splits):
+def _cached_bottom(ctx: _Context, bottom: keras.Model, top: keras.Model, splits: _Splits):
     """Phase 2 on the frozen bottom's outputs: `(the top model to fit, train batches, validation batches)`.
 
     The bottom runs once per view (each training image, and its mirror image
     when augmenting); every epoch draws one view per image, as a random flip
     would. Validation runs on the bottom's outputs of its images.
     """
-    bottom, top = models_lib.split_below_trainable(model)
     t0 = time.perf_counter()
     batch = ctx.config.batch_size
     kept = ctx.bottom_outputs  # computed by phase 1 in this session, if it ran

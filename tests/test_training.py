@@ -884,6 +884,23 @@ def test_fine_tuning_on_the_cached_bottom_trains_the_classifier(backbone_weights
         tiny_config(backbone_weights, cache_bottom=True, adversarial_eps=2.0)
 
 
+def test_a_cached_bottom_that_would_not_fit_in_memory_gives_way_to_images(backbone_weights, tmp_path, monkeypatch,
+                                                                          capsys):
+    data = image_data()
+    monkeypatch.setenv(data_lib.MEMORY_LIMIT_ENV, "1K")  # far below the bottom's outputs of 48 x 2 + 30 views
+    config = tiny_config(backbone_weights, epochs=1, fine_tune_epochs=1, cache_bottom=True, fine_tune_at=-12,
+                         augment=True, verbose=2)
+    result = training.train(data, config, output_dir=tmp_path / "run")
+    assert "Phase 2 fine-tunes on images, not on the cached bottom" in capsys.readouterr().out
+    state = result.metrics["phases"]["fine_tune"]
+    assert state["on_cached_bottom"] is False and "bottom_output_shape" not in state
+    assert result.history["fine_tune"]["epoch"] == [1]
+    monkeypatch.delenv(data_lib.MEMORY_LIMIT_ENV)
+    # Decided once: the run, resumed with memory to spare, still says phase 2 ran on images.
+    resumed = training.train(data, config, output_dir=tmp_path / "run")
+    assert resumed.metrics["phases"]["fine_tune"]["on_cached_bottom"] is False
+
+
 def test_mixed_batches_in_phase_2_save_the_plain_classifier(backbone_weights, tmp_path, capsys):
     data = image_data()
     config = tiny_config(backbone_weights, fine_tune_epochs=2, fine_tune_learning_rate=1e-3, mixup_alpha=0.4,
