@@ -358,7 +358,8 @@ def test_same_command_on_two_workers_trains_the_model_of_one_process(backbone_we
     # each with its own TF_CONFIG task. With one batch per epoch, split evenly,
     # the shuffle order cannot matter: each worker computes the gradient of its
     # half and their mean is the gradient of the whole batch, so two workers
-    # must reproduce one process up to float rounding.
+    # must reproduce one process up to float rounding. Phase 2 is that one step,
+    # so it must not be a warmup from 0 (the default): no warmup, cosine from 3e-4.
     images, labels = synthetic_images(60, seed=4)
     for i, (image, label) in enumerate(zip(images, labels)):
         (tmp_path / "images" / CLASSES[label]).mkdir(parents=True, exist_ok=True)
@@ -367,7 +368,7 @@ def test_same_command_on_two_workers_trains_the_model_of_one_process(backbone_we
         "--data-dir", str(tmp_path / "images"), "--backbone", "mobilenet", "--alpha", "0.25",
         "--weights", backbone_weights, "--image-size", "32", "--val-split", "0.2",  # 48 train images, 12 val
         "--batch-size", "64", "--epochs", "3", "--learning-rate", "0.05", "--fine-tune-epochs", "1", "--no-augment",
-        "--verbose", "0",
+        "--warmup-epochs", "0", "--verbose", "0",
     ]
     single, out = tmp_path / "single", tmp_path / "run"
     assert folder.main([*argv, "--output-dir", str(single)]) == 0
