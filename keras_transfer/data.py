@@ -329,6 +329,11 @@ def _cache_name(cache: bool | str) -> str:
     return f"file:{os.path.abspath(os.fspath(cache))}"
 
 
+def image_cache_bytes(images: int, image_size: int) -> int:
+    """Bytes that `images` decoded images take in the uint8 cache at `image_size`."""
+    return images * image_size * image_size * 3
+
+
 def _resolve_cache(
     cache: bool | str | _AutoCache, *, images: int, image_size: int, memory_limit: int | None, name: str
 ) -> tuple[bool | str, str]:
@@ -338,7 +343,7 @@ def _resolve_cache(
     """
     if cache is not _AUTO:
         return cache, _cache_name(cache)
-    need = images * image_size * image_size * 3
+    need = image_cache_bytes(images, image_size)
     budget, why = memory_budget(memory_limit)
     if budget is None or need <= budget:
         return True, "memory"

@@ -648,14 +648,13 @@ def _cached_features(ctx: _Context, model: keras.Model, splits: _Splits) -> dict
 
 
 def _on_cached_bottom(ctx: _Context, bottom: keras.Model) -> bool:
-    """Whether phase 2 trains on `bottom`'s outputs: asked for (`cache_bottom`) and they fit in memory.
+    """Whether phase 2, asked to train on `bottom`'s outputs (`cache_bottom`), does: whether they fit in memory.
 
     Decided once per run and kept in its state, so that a resumed run goes on the way it started.
     """
     state = ctx.phase("fine_tune")
     if "on_cached_bottom" not in state:
-        state["on_cached_bottom"] = bool(ctx.config.cache_bottom and ctx.config.fine_tune_epochs > 0
-                                         and _bottom_fits(ctx, bottom))
+        state["on_cached_bottom"] = _bottom_fits(ctx, bottom)
     return bool(state["on_cached_bottom"])
 
 
@@ -669,7 +668,7 @@ def _bottom_fits(ctx: _Context, bottom: keras.Model) -> bool:
     views = used.get("train", 0) * (2 if ctx.config.augment else 1) + used.get("val", 0)
     need = views * int(np.prod(bottom.output.shape[1:])) * 4  # float32
     if ctx.data.report.cache == "memory":
-        need += sum(used.values()) * ctx.data.image_size ** 2 * 3
+        need += data_lib.image_cache_bytes(sum(used.values()), ctx.data.image_size)
     budget, source = data_lib.memory_budget()
     if budget is None or need <= budget:
         return True
@@ -861,10 +860,11 @@ def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_e
         if mix is not None:
             ctx.say(f"Phase 2 mixes its training batches: {mix.describe()}.")
             fitted = mixing.MixedSampleFineTuning(model, mixing=mix)
-        bottom, top = models_lib.split_below_trainable(model) if ctx.config.cache_bottom else (None, None)
-        if bottom is not None and _on_cached_bottom(ctx, bottom):
-            fitted, train, val = _cached_bottom(ctx, bottom, top, splits)
-            val_features = val
+        if ctx.config.cache_bottom:
+            bottom, top = models_lib.split_below_trainable(model)
+            if _on_cached_bottom(ctx, bottom):
+                fitted, train, val = _cached_bottom(ctx, bottom, top, splits)
+                val_features = val
     plan = phases.PhasePlan("fine_tune", fitted, train, val, first_epoch, ctx.config.fine_tune_epochs, optimization,
                             early_stop=early_stop)
     records = phases.run_phase(
