@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 
 import keras
@@ -21,6 +22,7 @@ import tensorflow as tf
 
 from keras_transfer import data as data_lib
 from keras_transfer import models as models_lib
+from keras_transfer.row_files import RowFile, read_rows, write_rows
 from keras_transfer.run_folder import NoRunFolder, RunFolder
 
 
@@ -515,23 +517,48 @@ def feature_batches(features: np.ndarray, labels: np.ndarray, *, batch_size: int
     return distribution_options(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
-def view_batches(views: Sequence[np.ndarray], labels: np.ndarray, *, batch_size: int, seed: int = 0):
+def view_batches(views: Sequence[np.ndarray | RowFile], labels: np.ndarray, *, batch_size: int, seed: int = 0):
     """Shuffled batches of one randomly drawn view of each example (another draw every epoch).
 
     With `views = (features of the images, features of their mirror
-    images)` an epoch is what an epoch on images with a random flip is.
+    images)` an epoch is what an epoch on images with a random flip is. The
+    views are arrays in memory or `RowFile`s, read a batch at a time.
     """
     labels = np.asarray(labels).astype(np.int32)
-    ds = tf.data.Dataset.from_tensor_slices((tuple(views), labels))
-    ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    n = len(labels)
+    # Shuffling the indices draws the same order a shuffle of the examples themselves would.
+    indices = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
     if len(views) > 1:
         draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, draws)).map(
-            lambda example, draw: (tf.gather(tf.stack(example[0]), draw % len(views)), example[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
+        picks = tf.data.Dataset.zip((indices, draws)).map(lambda i, draw: (i, draw % len(views)))
     else:
-        ds = ds.map(lambda example_views, label: (example_views[0], label))
-    return distribution_options(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        picks = indices.map(lambda i: (i, tf.zeros_like(i)))
+    return _rows_of(views, labels, picks.batch(batch_size))
+
+
+def row_batches(rows: np.ndarray | RowFile, labels: np.ndarray, *, batch_size: int):
+    """Batches of `(rows, labels)` in order, from an array in memory or a `RowFile`."""
+    labels = np.asarray(labels).astype(np.int32)
+    picks = tf.data.Dataset.range(len(labels)).map(lambda i: (i, tf.zeros_like(i)))
+    return _rows_of([rows], labels, picks.batch(batch_size))
+
+
+def _rows_of(views: Sequence[np.ndarray | RowFile], labels: np.ndarray, picks: tf.data.Dataset):
+    """`(rows, labels)` batches for batches of `(index, view)` picks."""
+    shape = (None,) + tuple(views[0].shape[1:])
+
+    def read(indices: np.ndarray, which: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices),) + shape[1:], np.float32)
+        for view in np.unique(which):
+            at = which == view
+            out[at] = read_rows(views[int(view)], indices[at])
+        return out
+
+    def batch(indices, which):
+        x = tf.numpy_function(read, [indices, which], tf.float32, stateful=False)
+        return tf.ensure_shape(x, shape), tf.gather(labels, indices)
+
+    return distribution_options(picks.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
 
 
 def mirrored(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -560,6 +587,35 @@ def predict_images(model: keras.Model, ds: tf.data.Dataset, *, batch_size: int =
         batch_size: inference batch size. Defaults to `32`.
     """
     return np.asarray(model.predict(image_batches(ds, batch_size=batch_size), verbose=0), dtype=np.float32)
+
+
+_INFERENCE_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _inference_step(model: keras.Model):
+    """`model` in inference mode as one compiled function per model (traced once for all its calls)."""
+    if model not in _INFERENCE_STEPS:
+        ref = weakref.ref(model)  # the step must not keep its own key alive
+        _INFERENCE_STEPS[model] = tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
+    return _INFERENCE_STEPS[model]
+
+
+def predict_to_file(model: keras.Model, ds: tf.data.Dataset, path: str, *, rows: int,
+                    batch_size: int = 32) -> RowFile:
+    """`predict_images`, written a batch at a time to the `.npy` file `path` (memory does not grow with `ds`).
+
+    Args:
+        model: any model of images in [0, 255].
+        ds: unbatched uint8 `(image, label)` dataset of `rows` examples.
+        path: the file to write (complete or absent, whenever the process stops).
+        rows: the number of examples in `ds`.
+        batch_size: inference batch size. Defaults to `32`.
+    """
+    step = _inference_step(model)
+    with write_rows(path, rows=rows, row_shape=model.output.shape[1:]) as append:
+        for images, _ in image_batches(ds, batch_size=batch_size):
+            append(np.asarray(step(images), np.float32))
+    return RowFile(path)
 
 
 def fit_head_on_features(

@@ -8,6 +8,7 @@
       tensorboard/
       state/run.json             fingerprint and per-phase state (resume)
       state/features.npz         cached backbone features of phase 1
+      state/bottom_<view>.npy    phase 2's cached bottom outputs (train, train_flip, val)
       state/initial.weights.h5   the starting weights (same on resumption)
       state/head.weights.h5      the classifier after phase 1 (fine_tune.weights.h5: phase 2)
       state/history_<phase>.json epoch records + the name of the epoch backup
@@ -43,6 +44,7 @@ WORKERS_DIR = ".workers"
 
 _RUN_STATE = "run.json"
 _FEATURES = "features.npz"
+_BOTTOM_PREFIX = "bottom_"
 _INITIAL_WEIGHTS = "initial.weights.h5"
 _HEAD_WEIGHTS = "head.weights.h5"
 _FINE_TUNE_WEIGHTS = "fine_tune.weights.h5"
@@ -172,6 +174,10 @@ class RunFolder:
     def save_features(self, arrays: Mapping) -> None:
         files.save_npz(self._state_path(_FEATURES), dict(arrays))
 
+    def bottom_path(self, view: str) -> str:
+        """The file of phase 2's cached bottom outputs of one view (`training.TrainConfig.cache_bottom`)."""
+        return self._state_path(f"{_BOTTOM_PREFIX}{view}.npy")
+
     # ------------------------------------------------------- epoch histories
     def load_history(self, phase: str) -> tuple[dict[int, dict[str, float]], str | None]:
         """(records by epoch, the backup weights file of the last record or None)."""
@@ -239,7 +245,8 @@ class RunFolder:
 
     def finish(self) -> None:
         """Drops what only a resumption needed (the small state files stay)."""
-        for name in (_INITIAL_WEIGHTS, _HEAD_WEIGHTS, _FINE_TUNE_WEIGHTS, _FEATURES):
+        bottoms = [name for name in os.listdir(self.state_dir) if name.startswith(_BOTTOM_PREFIX)]
+        for name in (_INITIAL_WEIGHTS, _HEAD_WEIGHTS, _FINE_TUNE_WEIGHTS, _FEATURES, *bottoms):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self._state_path(name))
         for phase in ("head", "fine_tune"):

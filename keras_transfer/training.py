@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from functools import cached_property
 from collections.abc import Mapping, Sequence
@@ -40,10 +41,11 @@ from keras_transfer import mixing
 from keras_transfer import models as models_lib
 from keras_transfer import monitoring, phases
 from keras_transfer import probe as probe_lib
-from keras_transfer.errors import ResumeMismatchError
+from keras_transfer.errors import CorruptFileError, ResumeMismatchError
 from keras_transfer.evaluation import Evaluation
 from keras_transfer.files import jsonable
 from keras_transfer.layers import build_augmentation
+from keras_transfer.row_files import RowFile
 from keras_transfer.run_folder import NoRunFolder, RunFolder, folder_lock
 from keras_transfer.settings import Choice, Either, Flag, Int, Optional, Path, Real, Text, setting
 from keras_transfer import settings as settings_lib
@@ -379,9 +381,9 @@ class _Context:
     pictures: dict[str, tuple[float, monitoring.ValidationImages]] = dataclasses.field(default_factory=dict)
     # Phase 1's evaluations on cached features, made in this session.
     head_evaluations: dict[str, Evaluation] = dataclasses.field(default_factory=dict)
-    # The outputs of phase 2's frozen bottom by view (see `cache_bottom`), computed once in this session,
-    # and the top that phase 2 trained on them: the final evaluation runs only the top.
-    bottom_outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # The outputs of phase 2's frozen bottom by view (see `cache_bottom`; files in the run folder, arrays
+    # without one), and the top that phase 2 trained on them: the final evaluation runs only the top.
+    bottom_outputs: dict[str, np.ndarray | RowFile] = dataclasses.field(default_factory=dict)
     cached_top: keras.Model | None = None
 
     @property
@@ -659,24 +661,64 @@ def _on_cached_bottom(ctx: _Context, bottom: keras.Model) -> bool:
 
 
 def _bottom_fits(ctx: _Context, bottom: keras.Model) -> bool:
-    """Whether the bottom's outputs of every view, beside the images cached in memory, fit the memory budget.
+    """Whether the bottom's outputs of every view fit where they are kept: the run folder's disk, or memory.
 
-    The budget is the one `cache="auto"` gives the decoded images (`data.memory_budget`: half the available
-    memory, or `KERAS_TRANSFER_MEMORY_LIMIT`); when they do not fit, phase 2 runs on images, and says so.
+    In a run folder they are files, read a batch at a time (`row_files`), so memory does not grow with the
+    data. Without one they stay in memory, beside the images cached there, within the budget `cache="auto"`
+    gives the decoded images (`data.memory_budget`: half the available memory, or
+    `KERAS_TRANSFER_MEMORY_LIMIT`). When they do not fit, phase 2 runs on images, and says so.
     """
     used = ctx.data.report.used
     views = used.get("train", 0) * (2 if ctx.config.augment else 1) + used.get("val", 0)
     need = views * int(np.prod(bottom.output.shape[1:])) * 4  # float32
-    if ctx.data.report.cache == "memory":
-        need += data_lib.image_cache_bytes(sum(used.values()), ctx.data.image_size)
-    budget, source = data_lib.memory_budget()
-    if budget is None or need <= budget:
-        return True
-    ctx.say(f"Phase 2 fine-tunes on images, not on the cached bottom: the bottom's outputs of {views} views, with "
-            f"the images cached in memory, need {data_lib.format_bytes(need)}, more than the memory budget "
-            f"({data_lib.format_bytes(budget)}, {source}). {data_lib.MEMORY_LIMIT_ENV} sets another budget; "
-            "--no-cache-bottom says this is intended.")
+    if ctx.run.enabled:
+        free = shutil.disk_usage(ctx.run.state_dir).free
+        if need <= free:
+            return True
+        where = (f"{data_lib.format_bytes(need)} of disk, more than the {data_lib.format_bytes(free)} free in "
+                 f"{ctx.run.state_dir!r}")
+    else:
+        if ctx.data.report.cache == "memory":
+            need += data_lib.image_cache_bytes(sum(used.values()), ctx.data.image_size)
+        budget, source = data_lib.memory_budget()
+        if budget is None or need <= budget:
+            return True
+        where = (f"with the images cached in memory, {data_lib.format_bytes(need)} of memory, more than the "
+                 f"memory budget ({data_lib.format_bytes(budget)}, {source}; {data_lib.MEMORY_LIMIT_ENV} sets "
+                 "another, and a run folder keeps them on disk)")
+    ctx.say(f"Phase 2 fine-tunes on images, not on the cached bottom: the bottom's outputs of {views} views need "
+            f"{where}. --no-cache-bottom says this is intended.")
     return False
+
+
+def _bottom_outputs(ctx: _Context, bottom: keras.Model, name: str, ds: tf.data.Dataset) -> np.ndarray | RowFile:
+    """The frozen bottom's outputs of the view `name` of a split, computed once for the session.
+
+    In a run folder they are written to a file (and a resumed session reads the complete file a
+    killed one left); without one they are kept in memory.
+    """
+    if name in ctx.bottom_outputs:
+        return ctx.bottom_outputs[name]
+    batch = ctx.config.batch_size
+    if ctx.run.enabled:
+        path = ctx.run.bottom_path(name)
+        rows = ctx.data.report.used["train" if name == "train_flip" else name]
+        outputs = _complete_rows(path, (rows, *bottom.output.shape[1:]))
+        if outputs is None:
+            outputs = phases.predict_to_file(bottom, ds, path, rows=rows, batch_size=batch)
+    else:
+        outputs = phases.predict_images(bottom, ds, batch_size=batch)
+    ctx.bottom_outputs[name] = outputs
+    return outputs
+
+
+def _complete_rows(path: str, shape: tuple[int, ...]) -> RowFile | None:
+    """The row file at `path` if a previous session completed it with this `shape`, else `None`."""
+    try:
+        rows = RowFile(path) if os.path.isfile(path) else None
+    except CorruptFileError:
+        return None  # recomputed from the images: a damaged file costs time, not results
+    return rows if rows is not None and rows.shape == shape else None
 
 
 def _through_bottom(ctx: _Context, model: keras.Model):
@@ -698,9 +740,9 @@ def _through_bottom(ctx: _Context, model: keras.Model):
     names = iter(["train", "train_flip", "val"] if ctx.config.flip_views else ["train", "val"])
 
     def extract(ds: tf.data.Dataset) -> np.ndarray:
-        outputs = phases.predict_images(bottom, ds, batch_size=batch)
-        ctx.bottom_outputs[next(names)] = outputs
-        return np.asarray(pooled.predict(outputs, batch_size=batch, verbose=0), np.float32)
+        outputs = _bottom_outputs(ctx, bottom, next(names), ds)
+        batches = phases.row_batches(outputs, np.zeros(len(outputs), np.int32), batch_size=batch)
+        return np.asarray(pooled.predict(batches, verbose=0), np.float32)
 
     return extract
 
@@ -894,27 +936,22 @@ def _cached_bottom(ctx: _Context, bottom: keras.Model, top: keras.Model, splits:
     t0 = time.perf_counter()
     batch = ctx.config.batch_size
     kept = ctx.bottom_outputs  # computed by phase 1 in this session, if it ran
-    computed = []
-
-    def outputs(name: str, ds: tf.data.Dataset) -> np.ndarray:
-        if name not in kept:
-            computed.append(name)
-            kept[name] = phases.predict_images(bottom, ds, batch_size=batch)
-        return kept[name]
-
-    views = [outputs("train", ctx.data.train)]
+    computed = not kept
+    views = [_bottom_outputs(ctx, bottom, "train", ctx.data.train)]
     if ctx.config.augment:
-        views.append(outputs("train_flip", phases.mirrored(ctx.data.train)))
+        views.append(_bottom_outputs(ctx, bottom, "train_flip", phases.mirrored(ctx.data.train)))
     val = None
     if "val" in splits.labels:
-        val = phases.feature_batches(outputs("val", ctx.data.val), splits.labels["val"], batch_size=batch)
+        val = phases.row_batches(_bottom_outputs(ctx, bottom, "val", ctx.data.val), splits.labels["val"],
+                                 batch_size=batch)
     state = ctx.phase("fine_tune")
     state["bottom_extraction_s"] = state.get("bottom_extraction_s", 0.0) + time.perf_counter() - t0
     state["bottom_output_shape"] = list(views[0].shape[1:])
-    how = f"computed in {time.perf_counter() - t0:.0f} s" if computed else "kept from phase 1's pass"
+    how = f"ready in {time.perf_counter() - t0:.0f} s" if computed else "kept from phase 1's pass"
+    where = f"; in {ctx.run.state_dir}" if isinstance(views[0], RowFile) else ""
     ctx.say(f"Phase 2 trains on the backbone's outputs below {top.get_layer('backbone_top').backbone.layers[1].name!r}"
-            f" ({len(views)} view{'s' * (len(views) > 1)} of the training images, {views[0][0].nbytes / 1e3:.0f} KB "
-            f"each; {how}).")
+            f" ({len(views)} view{'s' * (len(views) > 1)} of the training images, "
+            f"{np.prod(views[0].shape[1:]) * 4 / 1e3:.0f} KB each; {how}{where}).")
     train = phases.view_batches(views, splits.labels["train"], batch_size=batch, seed=ctx.config.seed)
     kept.pop("train_flip", None)  # the final evaluation needs only the splits' own images
     ctx.cached_top = top
@@ -940,7 +977,7 @@ def _evaluate_split(ctx: _Context, model: keras.Model, splits: _Splits, name: st
     outputs = ctx.bottom_outputs.get(name) if ctx.cached_top is not None else None
     if outputs is not None:
         # The frozen bottom's outputs of these very images, from phase 2: the top alone gives the model's logits.
-        batches = phases.feature_batches(outputs, splits.labels[name], batch_size=ctx.config.batch_size)
+        batches = phases.row_batches(outputs, splits.labels[name], batch_size=ctx.config.batch_size)
         return eval_lib.evaluate(ctx.cached_top, batches, splits.labels[name], ctx.class_names, samples=samples)
     return eval_lib.evaluate(model, splits.ordered[name], splits.labels[name], ctx.class_names, samples=samples)
 

@@ -75,6 +75,7 @@ def assert_finished_intact(out) -> None:
         ("features.npz", 1),  # phase 1's cached features
         ("epoch_", 2),  # the backup after the second epoch
         ("history_head", 2),  # the record that commits it
+        ("bottom_val", 1),  # phase 2's cached bottom outputs (the last of phase 1's pass)
         ("model.keras", 1),  # the final model
     ],
 )

@@ -14,6 +14,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -885,21 +886,39 @@ def test_fine_tuning_on_the_cached_bottom_trains_the_classifier(backbone_weights
         tiny_config(backbone_weights, cache_bottom=True, adversarial_eps=2.0)
 
 
-def test_a_cached_bottom_that_would_not_fit_in_memory_gives_way_to_images(backbone_weights, tmp_path, monkeypatch,
-                                                                          capsys):
+def test_the_cached_bottom_lives_in_the_run_folder_and_gives_way_to_images_where_it_would_not_fit(
+        backbone_weights, tmp_path, monkeypatch, capsys):
     data = image_data()
     monkeypatch.setenv(data_lib.MEMORY_LIMIT_ENV, "1K")  # far below the bottom's outputs of 48 x 2 + 30 views
     config = tiny_config(backbone_weights, epochs=1, fine_tune_epochs=1, cache_bottom=True, fine_tune_at=-12,
                          augment=True, verbose=2)
-    result = training.train(data, config, output_dir=tmp_path / "run")
-    assert "Phase 2 fine-tunes on images, not on the cached bottom" in capsys.readouterr().out
+    # Without a run folder the outputs would be held in memory: over the budget, phase 2 runs on images.
+    result = training.train(data, config)
+    assert "need with the images cached in memory" in capsys.readouterr().out
     state = result.metrics["phases"]["fine_tune"]
     assert state["on_cached_bottom"] is False and "bottom_output_shape" not in state
     assert result.history["fine_tune"]["epoch"] == [1]
-    monkeypatch.delenv(data_lib.MEMORY_LIMIT_ENV)
-    # Decided once: the run, resumed with memory to spare, still says phase 2 ran on images.
-    resumed = training.train(data, config, output_dir=tmp_path / "run")
+    # A run folder keeps them on disk, whatever the memory budget, and drops them when the run ends.
+    result = training.train(data, config, output_dir=tmp_path / "on_disk")
+    assert "Phase 2 trains on the backbone's outputs" in capsys.readouterr().out
+    assert result.metrics["phases"]["fine_tune"]["on_cached_bottom"] is True
+    assert not list((tmp_path / "on_disk" / "state").glob("bottom_*"))
+    # Where the disk is full, images again; decided once: the run, resumed with room to spare, keeps it.
+    disk_usage = shutil.disk_usage
+    monkeypatch.setattr(training.shutil, "disk_usage", lambda path: disk_usage(path)._replace(free=0))
+
+    class StopInPhase2(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch >= config.epochs:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        training.train(data, config, output_dir=tmp_path / "full", callbacks=[StopInPhase2()])
+    assert "Phase 2 fine-tunes on images, not on the cached bottom" in capsys.readouterr().out
+    monkeypatch.undo()
+    resumed = training.train(data, config, output_dir=tmp_path / "full")
     assert resumed.metrics["phases"]["fine_tune"]["on_cached_bottom"] is False
+    assert resumed.history["fine_tune"]["epoch"] == [1]
 
 
 def test_mixed_batches_in_phase_2_save_the_plain_classifier(backbone_weights, tmp_path, capsys):
