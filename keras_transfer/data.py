@@ -389,6 +389,9 @@ class DataReport:
         cache: where the decoded images are kept: `"memory"`, `"none"`, or
             `"file:PREFIX"` (a tf.data file cache; `cache="auto"` gives one of
             the first and last). Defaults to `"memory"`.
+        first_pass_s: seconds of the first pass over the files (decode,
+            resize, fill the cache; with `cache="none"`, the pass that finds
+            the undecodable files). Defaults to `0.0`.
     """
 
     source: str
@@ -400,6 +403,7 @@ class DataReport:
     per_class: dict[str, dict[str, int]]
     ignored_files: list[str] = dataclasses.field(default_factory=list)
     cache: str = "memory"
+    first_pass_s: float = dataclasses.field(default=0.0, compare=False)  # a time, not a finding
 
     def to_dict(self) -> dict:
         """A JSON-serializable copy."""
@@ -746,6 +750,7 @@ class _Pool:
     indices: np.ndarray  # indices of the examples that decoded, in order
     labels: np.ndarray  # their labels
     skipped: list[int]  # indices of the examples that did not decode
+    seconds: float = 0.0  # the first pass: decode and resize (or read the file cache), fill the cache
 
 
 def _fill_pool(examples: tf.data.Dataset, *, cache: bool | str, key: str, total: int, what: str) -> _Pool:
@@ -754,9 +759,11 @@ def _fill_pool(examples: tf.data.Dataset, *, cache: bool | str, key: str, total:
 
     `total` is the number of examples, `what` names them in the progress lines.
     """
+    started = time.perf_counter()
     if isinstance(cache, bool):
         pool = examples.cache() if cache else examples
-        return _Pool(pool, *_first_pass(pool, total=total, what=f"Decoding {what}"), skipped=[])
+        found = _first_pass(pool, total=total, what=f"Decoding {what}")
+        return _Pool(pool, *found, skipped=[], seconds=time.perf_counter() - started)
     # The key names the exact inputs, so a file cache left by another run is
     # only reused for the same files, size and resize mode.
     filename = f"{os.fspath(cache)}-{key}"
@@ -767,7 +774,7 @@ def _fill_pool(examples: tf.data.Dataset, *, cache: bool | str, key: str, total:
     pool = examples.cache(filename)
     if writing is None:
         found = _first_pass(pool, total=total, what=f"Reading the cached images of {what}")
-    return _Pool(pool, *found, skipped=[])
+    return _Pool(pool, *found, skipped=[], seconds=time.perf_counter() - started)
 
 
 def _first_pass(pool: tf.data.Dataset, *, total: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -977,6 +984,7 @@ def _assemble(
         per_class=per_class,
         ignored_files=list(ignored[:MAX_LISTED_FILES]),
         cache=cache,
+        first_pass_s=trainval.seconds + (test.seconds if test is not None else 0.0),
     )
     logger.info(
         "%s: %d found, used %s, %d skipped (undecodable), %d ignored; cache: %s",

@@ -145,9 +145,11 @@ class TrainConfig:
                                         help="phase 2 computes the frozen bottom of the backbone (below "
                                              "--fine-tune-at) once for each training image and its mirror image, "
                                              "and trains the top on them: an epoch costs what the trainable part "
-                                             "costs, and its augmentation is only the flip. Recomputed when a run "
-                                             "resumes; holds the bottom's outputs in memory (e.g. 75 KB a view for "
-                                             "MobileNetV2's default top third at 224 px). Default: on, unless "
+                                             "costs, and its augmentation is only the flip. The bottom's outputs (e.g. "
+                                             "75 KB a view for MobileNetV2's default top third at 224 px) go to "
+                                             "files in the run folder, read a batch at a time, so memory does not "
+                                             "grow with the data (without a run folder: in memory, within the "
+                                             "memory budget); a resumed run reads them back. Default: on, unless "
                                              "phase 2 attacks or mixes its images, which needs the images")
     train_batchnorm: bool = setting(False, kind=Flag(), group="training",
                                     help="also train BatchNormalization scale and offset in phase 2 (their "

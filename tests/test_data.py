@@ -293,6 +293,7 @@ def test_load_folder_file_cache_and_no_cache(zoo, tmp_path):
     assert memory.report.cache == "memory" and uncached.report.cache == "none"
     assert first.report.cache == second.report.cache == f"file:{prefix}"
     for other in (first, second, uncached):
+        assert other.report.first_pass_s > 0
         assert dataclasses.replace(other.report, cache="memory") == memory.report
         for got, want in zip(as_arrays(other.train), reference):
             np.testing.assert_array_equal(got, want)
