@@ -77,10 +77,6 @@ class RowFile:
             os.close(fd)
         return out
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        array = self.rows(np.arange(len(self)))
-        return array if dtype is None else array.astype(dtype)
-
 
 def read_rows(source: np.ndarray | RowFile, indices: np.ndarray) -> np.ndarray:
     """`source[indices]` for an array in memory or a `RowFile`."""
