@@ -4,7 +4,9 @@
 
 A run folder keeps the last committed epoch of phase 2 as `state/backup_fine_tune/epoch_<N>.weights.h5`
 (the weights of `AdversarialFineTuning` with its optimizer). This rebuilds the run's classifier from the
-configuration in `state/run.json`, loads that backup and saves the plain classifier as `.keras`, so the
+configuration in `state/run.json`, loads that backup with an optimizer built as the run built it, and
+saves the plain classifier as `.keras` — with the averaged weights when the run kept an average
+(`ema_momentum`), which are the weights its validation judged and the run would end on — so the
 study scripts (`ensemble.py`, `ideal_images.py`, the corruptions command) can measure a long run before it
 ends: `OUTPUT_DIR/model.keras` and `classes.json`. It writes nothing into the run folder.
 """
@@ -16,10 +18,8 @@ import json
 import os
 import sys
 
-import keras
-
 from keras_transfer import models as models_lib
-from keras_transfer import training
+from keras_transfer import phases, training
 from keras_transfer.adversarial_training import AdversarialFineTuning
 from keras_transfer.layers import build_augmentation
 
@@ -41,9 +41,16 @@ def main(run_dir: str, output: str) -> None:
     )
     training.unfreeze_for_fine_tuning(model, config.fine_tune_at, train_batchnorm=config.train_batchnorm)
     wrapper = AdversarialFineTuning(model, attack=config.training_attack)
-    wrapper.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
+    # The optimizer's variables must match the backup's (the average of the weights among them).
+    optimization = phases.Optimization(config.fine_tune_learning_rate, schedule=config.fine_tune_schedule,
+                                       warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay,
+                                       ema_momentum=config.ema_momentum)
+    wrapper.compile(optimizer=optimization.optimizer(steps_per_epoch=1, epochs=1),
+                    loss="sparse_categorical_crossentropy")
     wrapper.optimizer.build(wrapper.trainable_variables)
     wrapper.load_weights(backups[-1])
+    if config.ema_momentum:
+        wrapper.optimizer.finalize_variable_values(wrapper.trainable_variables)
     os.makedirs(output, exist_ok=True)
     models_lib.save_model(model, os.path.join(output, "model.keras"))
     models_lib.save_class_names(data["class_names"], os.path.join(output, "classes.json"))
