@@ -868,6 +868,23 @@ def _head_phase(ctx: _Context, model: keras.Model, splits: _Splits) -> int:
     return int(state["epochs_done"])
 
 
+def fine_tune_optimization(config: TrainConfig, model: keras.Model) -> phases.Optimization:
+    """Phase 2's optimization for `config`: its rate, schedule, weight decay, smoothing and averaging.
+
+    Args:
+        config: the run's configuration.
+        model: the classifier, already unfrozen for fine-tuning (the
+            per-layer rates of `lowest_layer_rate` follow its trainable layers).
+    """
+    factors = None
+    if config.lowest_layer_rate != 1.0:
+        factors = models_lib.layer_rate_factors(model, lowest=config.lowest_layer_rate)
+    return phases.Optimization(config.fine_tune_learning_rate, schedule=config.fine_tune_schedule,
+                               warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay,
+                               label_smoothing=config.label_smoothing, ema_momentum=config.ema_momentum,
+                               rate_factors=factors)
+
+
 def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_epoch: int) -> None:
     state = ctx.phase("fine_tune")
     if ctx.config.fine_tune_epochs == 0:
@@ -878,17 +895,11 @@ def _fine_tune_phase(ctx: _Context, model: keras.Model, splits: _Splits, first_e
     ctx.start_clock("fine_tune")
     lr = ctx.config.fine_tune_learning_rate
     trainable = unfreeze_for_fine_tuning(model, ctx.config.fine_tune_at, train_batchnorm=ctx.config.train_batchnorm)
-    factors = None
-    if ctx.config.lowest_layer_rate != 1.0:
-        factors = models_lib.layer_rate_factors(model, lowest=ctx.config.lowest_layer_rate)
-    levers = "".join([f"; lowest layer at {ctx.config.lowest_layer_rate:g} of it" if factors else "",
+    optimization = fine_tune_optimization(ctx.config, model)
+    levers = "".join([f"; lowest layer at {ctx.config.lowest_layer_rate:g} of it" if optimization.rate_factors else "",
                       f"; weights averaged, momentum {ctx.config.ema_momentum:g}" if ctx.config.ema_momentum else ""])
     ctx.say(f"Phase 2: fine-tuning {trainable} backbone layers with weights, "
             f"{ctx.config.fine_tune_epochs} epochs (learning rate {lr:g}{levers}).")
-    optimization = phases.Optimization(lr, schedule=ctx.config.fine_tune_schedule,
-                                       warmup_epochs=ctx.config.warmup_epochs, weight_decay=ctx.config.weight_decay,
-                                       label_smoothing=ctx.config.label_smoothing,
-                                       ema_momentum=ctx.config.ema_momentum, rate_factors=factors)
     attack = ctx.config.training_attack
     train, val, val_features = splits.train, splits.ordered.get("val"), None
     if attack is not None:

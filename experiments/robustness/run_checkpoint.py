@@ -19,7 +19,7 @@ import os
 import sys
 
 from keras_transfer import models as models_lib
-from keras_transfer import phases, training
+from keras_transfer import training
 from keras_transfer.adversarial_training import AdversarialFineTuning
 from keras_transfer.layers import build_augmentation
 
@@ -42,9 +42,7 @@ def main(run_dir: str, output: str) -> None:
     training.unfreeze_for_fine_tuning(model, config.fine_tune_at, train_batchnorm=config.train_batchnorm)
     wrapper = AdversarialFineTuning(model, attack=config.training_attack)
     # The optimizer's variables must match the backup's (the average of the weights among them).
-    optimization = phases.Optimization(config.fine_tune_learning_rate, schedule=config.fine_tune_schedule,
-                                       warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay,
-                                       ema_momentum=config.ema_momentum)
+    optimization = training.fine_tune_optimization(config, model)
     wrapper.compile(optimizer=optimization.optimizer(steps_per_epoch=1, epochs=1),
                     loss="sparse_categorical_crossentropy")
     wrapper.optimizer.build(wrapper.trainable_variables)
