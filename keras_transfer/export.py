@@ -6,7 +6,7 @@ each returning `{"logits": float32 (n, num_classes), "probabilities": ...}`:
 - `serving_default`: `images`, a 1-D string tensor of encoded image files
   (JPEG, PNG, GIF, BMP, WebP). They are decoded and resized inside the graph
   by the functions the package's loaders and `keras_transfer.inference.predict`
-  use (`keras_transfer.data.decode_for_size` and `resize_image`), so a served
+  use (`keras_transfer.data.decode_and_resize`), so a served
   prediction equals a local one. An undecodable image fails the request.
 - `serve_pixels`: `images`, uint8 `(n, size, size, 3)` RGB pixels already at
   the model's input size.
@@ -76,8 +76,7 @@ def _archive(model: keras.Model, size: int, *, resize: str | None) -> keras.expo
     if resize is not None:
         def from_bytes(images):
             def decode(contents):
-                image = data_lib.decode_for_size(contents, image_size=size, resize=resize)
-                return data_lib.resize_image(image, image_size=size, resize=resize)
+                return data_lib.decode_and_resize(contents, image_size=size, resize=resize)
 
             pixels = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
             return outputs(pixels)
