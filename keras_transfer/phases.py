@@ -220,13 +220,66 @@ class EarlyStop:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class EpochBatches:
+    """Training batches shuffled again every epoch, each epoch's draw a function of the seed and the epoch.
+
+    A phase fits on `epochs(first, end)`, its epochs in a row, so a run
+    resumed at epoch k draws for epochs k, k+1, ... what an uninterrupted run
+    drew: a dataset that reshuffles itself draws every new iterator's order
+    from a generator that starts again with the process, and Keras makes one
+    or two iterators an epoch.
+
+    Attributes:
+        of_epoch: an epoch's batches, for the epoch as an int64 scalar tensor.
+        steps: batches an epoch.
+    """
+
+    of_epoch: Callable[[tf.Tensor], tf.data.Dataset]
+    steps: int
+
+    def epochs(self, first: int, end: int) -> tf.data.Dataset:
+        """The batches of epochs `first` to `end - 1` of the run, in a row."""
+        ds = tf.data.Dataset.range(first, end).flat_map(self.of_epoch)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(max(end - first, 0) * self.steps))
+        return distribution_options(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def _epoch_seeds(seed: int | None) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The shuffle seed of each epoch (an int64 tensor); `seed=None` draws the run's base seed now."""
+    base = int(np.random.default_rng().integers(2**31)) if seed is None else int(seed)
+    return lambda epoch: tf.constant(base, tf.int64) * 1_000_003 + epoch
+
+
+def _shuffled(ds: tf.data.Dataset, buffer: int, seed: tf.Tensor) -> tf.data.Dataset:
+    """`ds.shuffle(buffer, seed=seed)` for a seed tensor, inside a dataset function.
+
+    TensorFlow pairs the op seed with the global one, then compares the pair
+    with (0, 0) in Python, which fails on a tensor when the global seed is 0
+    (`keras.utils.set_random_seed(0)`): the function's graph leaves the global
+    seed out, so the order depends on `seed` alone.
+    """
+    graph = tf.compat.v1.get_default_graph()
+    global_seed, graph.seed = graph.seed, None
+    try:
+        return ds.shuffle(buffer, seed=seed)
+    finally:
+        graph.seed = global_seed
+
+
+def _count(ds: tf.data.Dataset) -> int:
+    n = int(ds.cardinality())
+    return n if n >= 0 else int(ds.reduce(0, lambda count, _: count + 1))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class PhasePlan:
     """One phase: what to fit, on what, for which epochs of the run's epoch axis.
 
     Attributes:
         name: `"head"` or `"fine_tune"` (names its files in the run folder).
         model: the model `fit` trains (the classifier, or its head).
-        train: batched, shuffling training dataset.
+        train: the training batches: `EpochBatches`, or a batched dataset
+            (which shuffles itself, if at all).
         val: batched validation dataset, or `None`.
         first_epoch: the phase's first epoch on the run's axis.
         epochs: epochs of the phase.
@@ -237,7 +290,7 @@ class PhasePlan:
 
     name: str
     model: keras.Model
-    train: tf.data.Dataset
+    train: EpochBatches | tf.data.Dataset
     val: tf.data.Dataset | None
     first_epoch: int
     epochs: int
@@ -250,7 +303,7 @@ class PhasePlan:
 
     def compile(self, *, jit_compile: bool = False, top_k: int | None = None) -> None:
         """Compiles `model` with the phase's optimizer (its schedule spans the phase's steps) and loss."""
-        steps = int(self.train.cardinality())
+        steps = self.train.steps if isinstance(self.train, EpochBatches) else int(self.train.cardinality())
         if steps < 0 and self.optimization.scheduled:
             raise ValueError("A learning-rate schedule needs a training dataset of known length. "
                              f"Received: cardinality {steps}")
@@ -407,8 +460,12 @@ def run_phase(
         run.save_start(plan.name, plan.model)
     stopped = stop is not None and stop.should_stop(records, plan.first_epoch)
     if start < plan.end_epoch and not stopped:
+        train, steps = plan.train, None
+        if isinstance(train, EpochBatches):
+            train, steps = train.epochs(start, plan.end_epoch), train.steps
         plan.model.fit(
-            plan.train,
+            train,
+            steps_per_epoch=steps,
             validation_data=plan.val,
             initial_epoch=start,
             epochs=plan.end_epoch,
@@ -501,23 +558,41 @@ def distribution_options(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
-def image_batches(ds: tf.data.Dataset, *, batch_size: int, shuffle: bool = False, seed: int | None = None):
-    """Batches of an unbatched uint8 `(image, label)` split, as float32 for the model."""
-    batches = data_lib.batch_dataset(ds, batch_size=batch_size, shuffle=shuffle, seed=seed)
+def _as_float(x, y):
     # The model casts too, but uint8 batches on the host stay 4x smaller.
-    batches = batches.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return distribution_options(batches)
+    return tf.cast(x, tf.float32), y
+
+
+def image_batches(ds: tf.data.Dataset, *, batch_size: int, shuffle: bool = False, seed: int | None = None):
+    """Batches of an unbatched uint8 `(image, label)` split, as float32 for the model.
+
+    In order, or with `shuffle` the `EpochBatches` of a training split
+    (the shuffle buffer of `data.batch_dataset`).
+    """
+    if not shuffle:
+        batches = data_lib.batch_dataset(ds, batch_size=batch_size)
+        return distribution_options(batches.map(_as_float, num_parallel_calls=tf.data.AUTOTUNE))
+    buffer, seed_of = data_lib.shuffle_buffer_size(ds), _epoch_seeds(seed)
+
+    def of_epoch(epoch):
+        batches = _shuffled(ds, buffer, seed_of(epoch)).batch(batch_size)
+        return batches.map(_as_float, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return EpochBatches(of_epoch, steps=math.ceil(_count(ds) / batch_size))
 
 
 def feature_batches(features: np.ndarray, labels: np.ndarray, *, batch_size: int, shuffle: bool = False, seed: int = 0):
-    """Batches of `(features, labels)` held in memory (shuffled each epoch when `shuffle`)."""
+    """Batches of `(features, labels)` held in memory: in order, or with `shuffle` as `EpochBatches`."""
     ds = tf.data.Dataset.from_tensor_slices((features, np.asarray(labels).astype(np.int32)))
-    if shuffle:
-        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return distribution_options(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    if not shuffle:
+        return distribution_options(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    seed_of = _epoch_seeds(seed)
+    return EpochBatches(lambda epoch: _shuffled(ds, len(labels), seed_of(epoch)).batch(batch_size),
+                        steps=math.ceil(len(labels) / batch_size))
 
 
-def view_batches(views: Sequence[np.ndarray | RowFile], labels: np.ndarray, *, batch_size: int, seed: int = 0):
+def view_batches(views: Sequence[np.ndarray | RowFile], labels: np.ndarray, *, batch_size: int,
+                 seed: int = 0) -> EpochBatches:
     """Shuffled batches of one randomly drawn view of each example (another draw every epoch).
 
     With `views = (features of the images, features of their mirror
@@ -526,21 +601,26 @@ def view_batches(views: Sequence[np.ndarray | RowFile], labels: np.ndarray, *, b
     """
     labels = np.asarray(labels).astype(np.int32)
     n = len(labels)
-    # Shuffling the indices draws the same order a shuffle of the examples themselves would.
-    indices = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    if len(views) > 1:
-        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        picks = tf.data.Dataset.zip((indices, draws)).map(lambda i, draw: (i, draw % len(views)))
-    else:
-        picks = indices.map(lambda i: (i, tf.zeros_like(i)))
-    return _rows_of(views, labels, picks.batch(batch_size))
+    seed_of = _epoch_seeds(seed)
+
+    def of_epoch(epoch):
+        # Shuffling the indices draws the same order a shuffle of the examples themselves would.
+        indices = _shuffled(tf.data.Dataset.range(n), n, seed_of(epoch))
+        if len(views) > 1:
+            draws = tf.random.stateless_uniform([n], [seed_of(epoch), 1], maxval=len(views), dtype=tf.int64)
+            picks = tf.data.Dataset.zip((indices, tf.data.Dataset.from_tensor_slices(draws)))
+        else:
+            picks = indices.map(lambda i: (i, tf.zeros_like(i)))
+        return _rows_of(views, labels, picks.batch(batch_size))
+
+    return EpochBatches(of_epoch, steps=math.ceil(n / batch_size))
 
 
 def row_batches(rows: np.ndarray | RowFile, labels: np.ndarray, *, batch_size: int):
     """Batches of `(rows, labels)` in order, from an array in memory or a `RowFile`."""
     labels = np.asarray(labels).astype(np.int32)
     picks = tf.data.Dataset.range(len(labels)).map(lambda i: (i, tf.zeros_like(i)))
-    return _rows_of([rows], labels, picks.batch(batch_size))
+    return distribution_options(_rows_of([rows], labels, picks.batch(batch_size)).prefetch(tf.data.AUTOTUNE))
 
 
 def _rows_of(views: Sequence[np.ndarray | RowFile], labels: np.ndarray, picks: tf.data.Dataset):
@@ -558,7 +638,7 @@ def _rows_of(views: Sequence[np.ndarray | RowFile], labels: np.ndarray, picks: t
         x = tf.numpy_function(read, [indices, which], tf.float32, stateful=False)
         return tf.ensure_shape(x, shape), tf.gather(labels, indices)
 
-    return distribution_options(picks.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+    return picks.map(batch, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def mirrored(ds: tf.data.Dataset) -> tf.data.Dataset:

@@ -288,6 +288,21 @@ def test_interrupted_run_resumes_from_its_last_epoch(backbone_weights, tmp_path)
         training.train(data, tiny_config(backbone_weights, epochs=3, fine_tune_epochs=4), output_dir=out)
 
 
+def test_a_resumed_run_ends_on_the_weights_of_an_uninterrupted_one(backbone_weights, tmp_path):
+    # Every epoch is shuffled as the uninterrupted run shuffled it, so a kill costs time, not a different model.
+    config = tiny_config(backbone_weights, epochs=3, fine_tune_epochs=3)
+    data = image_data()
+    whole = training.train(data, config, output_dir=tmp_path / "whole")
+    out = tmp_path / "resumed"
+    for epoch in (2, 5):  # in the cached-feature head phase, then after two fine-tuning epochs
+        with pytest.raises(KeyboardInterrupt):
+            training.train(data, config, output_dir=out, callbacks=[Interrupt(epoch)])
+    resumed = training.train(data, config, output_dir=out)
+    assert resumed.metrics["resumed_at"] == {"head": 3, "fine_tune": 2}  # epochs done when last resumed
+    for a, b in zip(whole.model.weights, resumed.model.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+
 def test_uncached_head_phase_with_mixed_bfloat16_keeps_float32_logits(backbone_weights):
     previous = keras.mixed_precision.global_policy().name
     config = tiny_config(
@@ -844,7 +859,7 @@ def test_view_batches_draw_one_view_per_example_each_epoch():
     views = (plain, plain + 100)
     labels = np.arange(20) % 3
     batches = phases.view_batches(views, labels, batch_size=7, seed=1)
-    epochs = [list(batches) for _ in range(3)]
+    epochs = [list(batches.epochs(epoch, epoch + 1)) for epoch in range(3)]
     drawn = []
     for epoch in epochs:
         x = np.concatenate([b[0].numpy()[:, 0] for b in epoch])

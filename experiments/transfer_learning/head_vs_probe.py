@@ -49,8 +49,8 @@ def fit_head(train_x, train_y, val_x, *, num_classes, learning_rate, cosine, see
         rate = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * -(-len(train_y) // batch))
         head.compile(optimizer=keras.optimizers.Adam(rate),
                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        head.fit(phases.feature_batches(train_x, train_y, batch_size=batch, shuffle=True, seed=seed),
-                 epochs=epochs, verbose=0)
+        batches = phases.feature_batches(train_x, train_y, batch_size=batch, shuffle=True, seed=seed)
+        head.fit(batches.epochs(0, epochs), steps_per_epoch=batches.steps, epochs=epochs, verbose=0)
     else:
         phases.fit_head_on_features(model, train_x, train_y, epochs=epochs, learning_rate=learning_rate,
                                     batch_size=batch, seed=seed)
