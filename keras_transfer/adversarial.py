@@ -917,8 +917,9 @@ class _Outcome:
     logits: np.ndarray
     success: np.ndarray
     spent: np.ndarray  # gradient steps per image
-    budget_spent: list[int]  # images whose last iterate still needs a look
-    last_iterates: list[np.ndarray]  # their float iterates, in the same order
+    # (images that used every step, their float last iterates), one pair a
+    # step: those iterates still need a look.
+    out_of_budget: list[tuple[np.ndarray, np.ndarray]]
 
     @classmethod
     def empty(cls, x0: np.ndarray, num_classes: int, *, quantize: bool = False) -> _Outcome:
@@ -929,8 +930,7 @@ class _Outcome:
             logits=np.zeros((n, num_classes), np.float32),
             success=np.zeros(n, bool),
             spent=np.zeros(n, np.int32),
-            budget_spent=[],
-            last_iterates=[],
+            out_of_budget=[],
         )
 
 
@@ -1017,8 +1017,7 @@ def _collect(outcome: _Outcome, pool: _Pool, seen, logits, ok, plan: _Plan) -> i
         outcome.success[images[rows]] = True
     if out_of_budget.any():
         rows = np.flatnonzero(out_of_budget)
-        outcome.last_iterates.append(tf.gather(pool.x, rows).numpy())
-        outcome.budget_spent.extend(images[rows].tolist())
+        outcome.out_of_budget.append((images[rows], tf.gather(pool.x, rows).numpy()))
     done = ok | out_of_budget
     images[done] = -1
     return int(done.sum())
@@ -1076,12 +1075,12 @@ def _run(
 
 def _look_at_last_iterates(evaluate, outcome: _Outcome, x0, classes, eps, radius, batch_size: int) -> None:
     """One look (forward only) at the last iterate of the images that used every step."""
-    budget_spent = np.asarray(outcome.budget_spent, np.int64)
-    if not budget_spent.size:
+    if not outcome.out_of_budget:
         return
-    last = np.concatenate(outcome.last_iterates)
-    for b in range(0, len(budget_spent), batch_size):
-        idx = budget_spent[b : b + batch_size]
+    spent = np.concatenate([images for images, _ in outcome.out_of_budget]).astype(np.int64)
+    last = np.concatenate([iterates for _, iterates in outcome.out_of_budget])
+    for b in range(0, len(spent), batch_size):
+        idx = spent[b : b + batch_size]
         seen, logits, ok = evaluate(
             tf.constant(last[b : b + batch_size]), tf.constant(x0[idx], tf.float32), tf.constant(classes[idx]), eps,
             radius,

@@ -1484,7 +1484,9 @@ def _tfds_pool(builder, split: str, *, image_size, resize, cache, name_key) -> t
     source = builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
     total = int(builder.info.splits[split].num_examples)
     examples = source.enumerate().map(
-        lambda i, ex: (i, decode_and_resize(ex["image"], image_size=image_size, resize=resize), tf.cast(ex["label"], tf.int32)),
+        lambda i, ex: (
+            i, decode_and_resize(ex["image"], image_size=image_size, resize=resize), tf.cast(ex["label"], tf.int32)
+        ),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     ).ignore_errors()

@@ -125,6 +125,18 @@ def per_class_accuracy(confusion: np.ndarray, class_names: Sequence[str]) -> dic
     }
 
 
+def mean_and_standard_error(values) -> tuple[float, float | None]:
+    """Mean and standard error of repeated measurements (splits, seeds).
+
+    The standard error is the sample standard deviation over sqrt(n);
+    `None` for a single value.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean()), None
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))
+
+
 def labels_of(ds: tf.data.Dataset) -> np.ndarray:
     """The labels of an unbatched `(image, label)` dataset, in order."""
     labels = ds.map(lambda x, y: y)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+
+from keras_transfer.evaluation import mean_and_standard_error
 
 SEEDS = range(5)
 
@@ -44,17 +45,13 @@ def load_runs(prefix: str) -> list[dict]:
     return runs
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) / len(values) ** 0.5
-
-
 def summarize(runs: list[dict]) -> dict:
     gaps = [100 * (r["accuracy"] - r["probe"]) for r in runs]
-    out = {name: dict(zip(("mean", "se"), mean_se([r[name] for r in runs])))
+    out = {name: dict(zip(("mean", "se"), mean_and_standard_error([r[name] for r in runs])))
            for name in ("accuracy", "probe", "head", "wall_time_s", "tensorboard_images_s")}
     if all(r["flip_averaged"] is not None for r in runs):
-        out["flip_averaged"] = dict(zip(("mean", "se"), mean_se([r["flip_averaged"] for r in runs])))
-    out["gap_points"] = dict(zip(("mean", "se"), mean_se(gaps)))
+        out["flip_averaged"] = dict(zip(("mean", "se"), mean_and_standard_error([r["flip_averaged"] for r in runs])))
+    out["gap_points"] = dict(zip(("mean", "se"), mean_and_standard_error(gaps)))
     out["error_ratio"] = (1 - out["accuracy"]["mean"]) / (1 - out["probe"]["mean"])
     return out
 

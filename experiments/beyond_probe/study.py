@@ -127,13 +127,13 @@ def summarize(results: dict) -> str:
              "", "| | mean | s.e. | minus probe (points) | per split | epochs (mean) | seconds (mean) |",
              "|---|---|---|---|---|---|---|"]
     for name, values in rows.items():
-        values = np.asarray(values)
-        se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+        mean, se = evaluation.mean_and_standard_error(values)
         epochs = seconds = ""
         if name in names:
             epochs = f"{np.mean([results[s][name]['epochs'] for s in seeds]):.1f}"
             seconds = f"{np.mean([results[s][name]['seconds'] for s in seeds]):.0f}"
-        lines.append(f"| {name} | {values.mean():.4f} | {se:.4f} | {100 * (values.mean() - probe_mean):+.2f} | "
+        se_text = "—" if se is None else f"{se:.4f}"
+        lines.append(f"| {name} | {mean:.4f} | {se_text} | {100 * (mean - probe_mean):+.2f} | "
                      f"{' '.join(f'{v:.3f}' for v in values)} | {epochs} | {seconds} |")
     return "\n".join(lines)
 

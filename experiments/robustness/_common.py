@@ -2,8 +2,7 @@
 
 Saved classifiers named on the command line (`--model NAME=PATH`, repeated:
 each `PATH` a `.keras` file saved by a run of this package, with the run's
-`classes.json` beside it), the held-out images those runs were validated on,
-and the mean and standard error of repeated measurements.
+`classes.json` beside it) and the held-out images those runs were validated on.
 """
 
 from __future__ import annotations
@@ -63,14 +62,6 @@ def load_models(paths: dict[str, str]) -> tuple[dict, list[str], str]:
     if len(set(resizes.values())) > 1:
         raise SystemExit(f"Expected models trained on images resized the same way. Received: {resizes}")
     return loaded, next(iter(names.values())), next(iter(resizes.values()))
-
-
-def mean_and_standard_error(values) -> tuple[float, float | None]:
-    """Mean and standard error of the mean (sample standard deviation / sqrt(n); None for one value)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()), None
-    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))
 
 
 def validation_images(data_dir: str, *, image_size: int, resize: str, val_split: float, seed: int,

@@ -80,20 +80,22 @@ def score(rows, images, *, model, judge, class_names, groups) -> None:
 
 def aggregate(rows, class_names) -> list[dict]:
     """Per class: mean and standard error over seeds of the judge's masses and of the model's p(class)."""
+    from keras_transfer import evaluation
+
     table = []
     for name in class_names:
         chosen = [r for r in rows if r["class"] == name]
         entry = {"class": name, "seeds": len(chosen)}
-        entry["own_probability"] = _common.mean_and_standard_error([r["own_probability"] for r in chosen])
+        entry["own_probability"] = evaluation.mean_and_standard_error([r["own_probability"] for r in chosen])
         for group in chosen[0]["judge"]:
-            entry[f"judge_{group}"] = _common.mean_and_standard_error([r["judge"][group] for r in chosen])
+            entry[f"judge_{group}"] = evaluation.mean_and_standard_error([r["judge"][group] for r in chosen])
         table.append(entry)
     return table
 
 
 def reference(judge, args, *, image_size: int, resize: str, class_names, groups) -> list[dict]:
     """The judge's group masses on the real held-out photos of each class (mean and standard error)."""
-    from keras_transfer import imagenet
+    from keras_transfer import evaluation, imagenet
     from keras_transfer import visualization as vis
 
     images, labels = _common.validation_images(
@@ -106,7 +108,7 @@ def reference(judge, args, *, image_size: int, resize: str, class_names, groups)
         keep = labels == index
         entry = {"class": name, "photos": int(keep.sum())}
         for group, mass in masses.items():
-            entry[f"judge_{group}"] = _common.mean_and_standard_error(mass[keep])
+            entry[f"judge_{group}"] = evaluation.mean_and_standard_error(mass[keep])
         table.append(entry)
     return table
 
