@@ -454,18 +454,7 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
         tf.errors.InvalidArgumentError: when the bytes are not a decodable
             image (eagerly; inside tf.data the error reaches the pipeline).
     """
-    is_webp, has_alpha, animated = _webp_features(contents)
-
-    def other():
-        return tf.cond(
-            is_webp,
-            lambda: _decode_webp(contents, has_alpha, animated),
-            lambda: tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8),
-        )
-
-    image = tf.cond(tf.io.is_jpeg(contents), lambda: _decode_jpeg(contents), other)
-    image.set_shape([None, None, 3])
-    return image
+    return _decode(contents, jpeg_ratio_index=None)
 
 
 def _webp_features(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -493,19 +482,6 @@ def _webp_features(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor
     has_alpha = (extended & bit(20, 0x10)) | (lossless & bit(24, 0x10))
     animated = extended & bit(20, 0x02)
     return is_webp, has_alpha, animated
-
-
-def _decode_webp(contents: tf.Tensor, has_alpha: tf.Tensor, animated: tf.Tensor) -> tf.Tensor:
-    check = tf.debugging.Assert(
-        has_alpha | ~animated,
-        ["an animated WebP without alpha channel (TensorFlow decodes animated WebP as RGBA only)"],
-    )
-    with tf.control_dependencies([check]):
-        return tf.cond(
-            has_alpha,
-            lambda: tf.io.decode_image(contents, channels=4, expand_animations=False)[..., :3],
-            lambda: tf.io.decode_image(contents, channels=3, expand_animations=False),
-        )
 
 
 # A JPEG is decoded at 1/r scale only when the reduced image still has
@@ -566,13 +542,34 @@ def decode_for_size(contents: tf.Tensor, *, image_size: int, resize: str = "stre
     """
     check_resize_args(image_size, resize)
     is_jpeg = tf.io.is_jpeg(contents)
-    # Other bytes read a placeholder's header instead, so the scale needs no
-    # conditional: inside a tf.data map every conditional costs CPU time per
-    # image, nested ones more.
+    # Other bytes read a placeholder's header instead: no conditional needed.
     header = tf.io.extract_jpeg_shape(tf.where(is_jpeg, contents, _placeholder_jpeg()))
-    index = tf.where(is_jpeg, _dct_ratio_index(header, image_size=image_size, resize=resize), len(_DCT_RATIOS))
-    branches = [lambda r=r: _decode_jpeg(contents, r) for r in _DCT_RATIOS] + [lambda: decode_image(contents)]
-    image = tf.switch_case(index, branches)
+    return _decode(contents, jpeg_ratio_index=_dct_ratio_index(header, image_size=image_size, resize=resize))
+
+
+def _decode(contents: tf.Tensor, *, jpeg_ratio_index: tf.Tensor | None) -> tf.Tensor:
+    """Any supported image as RGB uint8, a JPEG at `_DCT_RATIOS[jpeg_ratio_index]` (None: in full).
+
+    One flat `switch_case`. Inside a tf.data map every op, taken or not,
+    costs CPU time per image, and branches holding conditionals of their own
+    more: decode and resize of a 500 x 375 photo took 4.2 ms of CPU this way
+    and 4.4 ms with `decode_image` nested in a branch (15 rounds over 1,000
+    Oxford photos), against 3.2 ms for a bare decode and area resize.
+    """
+    is_webp, has_alpha, animated = _webp_features(contents)
+    check = tf.debugging.Assert(
+        ~is_webp | has_alpha | ~animated,
+        ["an animated WebP without alpha channel (TensorFlow decodes animated WebP as RGBA only)"],
+    )
+    jpeg = tf.constant(0) if jpeg_ratio_index is None else tf.cast(jpeg_ratio_index, tf.int32)
+    rgba, other = len(_DCT_RATIOS), len(_DCT_RATIOS) + 1
+    index = tf.where(tf.io.is_jpeg(contents), jpeg, tf.where(is_webp & has_alpha, rgba, other))
+    branches = [lambda r=r: _decode_jpeg(contents, r) for r in _DCT_RATIOS] + [
+        lambda: tf.io.decode_image(contents, channels=4, expand_animations=False)[..., :3],
+        lambda: tf.io.decode_image(contents, channels=3, expand_animations=False),
+    ]
+    with tf.control_dependencies([check]):
+        image = tf.switch_case(index, branches)
     image.set_shape([None, None, 3])
     return image
 
