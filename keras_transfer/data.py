@@ -393,6 +393,10 @@ class DataReport:
         first_pass_s: seconds of the first pass over the files (decode,
             resize, fill the cache; with `cache="none"`, the pass that finds
             the undecodable files). Defaults to `0.0`.
+        files_digest: a digest of the image files (their paths relative to
+            the data folder, sizes and labels), so that a run resumes only
+            on the photos it started on; `""` for tfds (its version names
+            its content). Defaults to `""`.
     """
 
     source: str
@@ -405,6 +409,7 @@ class DataReport:
     ignored_files: list[str] = dataclasses.field(default_factory=list)
     cache: str = "memory"
     first_pass_s: float = dataclasses.field(default=0.0, compare=False)  # a time, not a finding
+    files_digest: str = ""
 
     def to_dict(self) -> dict:
         """A JSON-serializable copy."""
@@ -988,10 +993,11 @@ def _assemble(
     image_size: int,
     class_dirs: dict[str, str] | None,
     cache: str,
+    files_digest: str = "",
 ) -> ImageData:
     """The splits and the report of decoded pools; `ignored` are the paths of the ignored files.
 
-    `cache` is the `DataReport.cache` of the pools.
+    `cache` and `files_digest` are the `DataReport`'s.
     """
     _check_every_class_decoded(source, class_names, trainval.labels, skipped_names, class_dirs)
     # The split is drawn on the files in listing order, whatever order they
@@ -1027,6 +1033,7 @@ def _assemble(
         ignored_files=list(ignored[:MAX_LISTED_FILES]),
         cache=cache,
         first_pass_s=trainval.seconds + (test.seconds if test is not None else 0.0),
+        files_digest=files_digest,
     )
     logger.info(
         "%s: %d found, used %s, %d skipped (undecodable), %d ignored; cache: %s",
@@ -1281,7 +1288,23 @@ def _load_files(
         image_size=image_size,
         class_dirs=class_dirs,
         cache=cache_name,
+        files_digest=_files_digest(root, [trainval, *([test] if test else [])]),
     )
+
+
+def _files_digest(root: str, splits: Sequence[tuple[Sequence[str], Sequence[int]]]) -> str:
+    """`DataReport.files_digest` of `(paths, labels)` splits (sizes, not
+    modification times, which copies and sync tools change)."""
+    digest = hashlib.sha1()
+    for paths, labels in splits:
+        for path, label in zip(paths, labels):
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = -1
+            digest.update(f"{os.path.relpath(path, root)}|{size}|{int(label)}\n".encode())
+        digest.update(b"--\n")
+    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------

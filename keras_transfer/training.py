@@ -431,6 +431,8 @@ def _fingerprint(config: TrainConfig, data: data_lib.ImageData) -> dict[str, Any
         "source": data.report.source,
         "used": dict(data.report.used),
     }
+    if data.report.files_digest:
+        data_info["files"] = data.report.files_digest
     return jsonable({"train": config.fingerprint(), "data": data_info})
 
 
@@ -451,6 +453,8 @@ def _check_fingerprint(saved: Mapping[str, Any], current: Mapping[str, Any], roo
         a, b = saved.get(section, {}), current.get(section, {})
         for key in sorted(set(a) | set(b)):
             if section == "train" and key not in a and key in defaults and b.get(key) == defaults[key]:
+                continue
+            if section == "data" and key not in a:  # a property recorded since: the run did not check it
                 continue
             if a.get(key) != b.get(key):
                 differences.append(f"{section}.{key}: saved {a.get(key)!r}, now {b.get(key)!r}")

@@ -303,6 +303,36 @@ def test_a_resumed_run_ends_on_the_weights_of_an_uninterrupted_one(backbone_weig
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
 
 
+def test_a_run_resumes_only_on_the_photos_it_started_on(backbone_weights, tmp_path):
+    from PIL import Image
+
+    from keras_transfer.errors import ResumeMismatchError
+
+    images, labels = synthetic_images(24, seed=1)
+    root = tmp_path / "photos"
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (root / f"class{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.astype(np.uint8)).save(root / f"class{label}" / f"{i}.png")
+    config = tiny_config(backbone_weights, epochs=2, fine_tune_epochs=1)
+    out = tmp_path / "run"
+
+    def load():
+        return data_lib.load_folder(root, image_size=SIZE, val_split=0.25, cache="memory")
+
+    with pytest.raises(KeyboardInterrupt):
+        training.train(load(), config, output_dir=out, callbacks=[Interrupt(1)])
+    # Another photo under the same name, same counts: the saved features are not its features.
+    photo = sorted(root.glob("class0/*.png"))[0]
+    original = photo.read_bytes()
+    Image.fromarray(np.full((SIZE, SIZE + 8, 3), 90, np.uint8)).save(photo)
+    with pytest.raises(ResumeMismatchError, match=r"data\.files: saved '[0-9a-f]{16}', now '[0-9a-f]{16}'"):
+        training.train(load(), config, output_dir=out)
+    photo.write_bytes(original)
+    seen = EpochsSeen()
+    result = training.train(load(), config, output_dir=out, callbacks=[seen])
+    assert seen.epochs == [1, 2] and result.history["head"]["epoch"] == [0, 1]
+
+
 def test_uncached_head_phase_with_mixed_bfloat16_keeps_float32_logits(backbone_weights):
     previous = keras.mixed_precision.global_policy().name
     config = tiny_config(
