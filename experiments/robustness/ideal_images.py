@@ -39,7 +39,7 @@ import _common  # noqa: E402
 JUDGE = {"backbone": "mobilenet", "alpha": 0.25}
 
 
-def render(model, class_names, seeds, folder: str) -> tuple[list[dict], list[np.ndarray], float]:
+def render(model, class_names, seeds, folder: str, *, objective: str) -> tuple[list[dict], list[np.ndarray], float]:
     """The ideal image of every class at every seed, written as PNG and read back; rows without scores."""
     from keras_transfer import files, naming
     from keras_transfer import visualization as vis
@@ -48,7 +48,7 @@ def render(model, class_names, seeds, folder: str) -> tuple[list[dict], list[np.
     stems = naming.unique_stems(class_names)
     rows, images, rates = [], [], []
     for seed in seeds:
-        config = vis.VisualizationConfig(seed=seed)
+        config = vis.VisualizationConfig(seed=seed, objective=objective)
         result = vis.visualize_classes(model, list(class_names), config=config, class_names=class_names,
                                        progress=False)
         rates.append(result.steps_per_second)
@@ -175,6 +175,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="real photos scored for reference: the held-out split (default: %(default)s)")
     parser.add_argument("--val-split", type=float, default=0.2, help="held-out fraction per class (default: 0.2)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split (default: 0)")
+    parser.add_argument("--objective", default="logit+log_prob",
+                        help="what each image maximizes for its class, one of keras_transfer.visualization's "
+                             "OBJECTIVES (default: %(default)s, the package's)")
     parser.add_argument("--output-dir", required=True)
     return parser.parse_args(argv)
 
@@ -191,11 +194,13 @@ def main(argv=None) -> None:
     judge = kt.build_imagenet_classifier(JUDGE["backbone"], alpha=JUDGE["alpha"])
     summary = {"command": " ".join(["python", *sys.argv]), "models": {n: os.path.abspath(p) for n, p in paths.items()},
                "class_names": class_names, "groups": groups, "judge": JUDGE, "seeds": list(range(args.seeds)),
+               "objective": args.objective,
                "images": {}, "per_model": {}, "steps_per_second": {}}
     images = {}
     for name, model in models.items():
         print(f"{name}:", flush=True)
-        rows, images[name], rate = render(model, class_names, summary["seeds"], os.path.join(args.output_dir, name))
+        rows, images[name], rate = render(model, class_names, summary["seeds"], os.path.join(args.output_dir, name),
+                                       objective=args.objective)
         score(rows, images[name], model=model, judge=judge, class_names=class_names, groups=groups)
         for row in rows:
             row["file"] = os.path.relpath(row["file"], args.output_dir)
