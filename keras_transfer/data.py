@@ -24,9 +24,10 @@ available memory, or `$KERAS_TRANSFER_MEMORY_LIMIT`) and else in files under
 by later loads of the same files. The first pass prints its progress for sets
 of more than 2,000 images.
 
-Large JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling when
-the reduced image keeps `DCT_MARGIN` (1.5) times the target side (saves part
-of the decoding, with the same accuracy), and shrinking uses the area filter.
+JPEGs are decoded with libjpeg's accurate IDCT (PIL's pixels, exactly). Large
+ones are decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling when the
+reduced image keeps `DCT_MARGIN` (1.5) times the target side (saves part of
+the decoding, with the same accuracy), and shrinking uses the area filter.
 """
 
 from __future__ import annotations
