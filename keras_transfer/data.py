@@ -460,7 +460,7 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
         tf.errors.InvalidArgumentError: when the bytes are not a decodable
             image (eagerly; inside tf.data the error reaches the pipeline).
     """
-    return _decode(contents, jpeg_ratio_index=None)
+    return _decode(contents)
 
 
 def _webp_features(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -547,14 +547,11 @@ def decode_for_size(contents: tf.Tensor, *, image_size: int, resize: str = "stre
         uint8 tensor `[height, width, 3]`.
     """
     check_resize_args(image_size, resize)
-    is_jpeg = tf.io.is_jpeg(contents)
-    # Other bytes read a placeholder's header instead: no conditional needed.
-    header = tf.io.extract_jpeg_shape(tf.where(is_jpeg, contents, _placeholder_jpeg()))
-    return _decode(contents, jpeg_ratio_index=_dct_ratio_index(header, image_size=image_size, resize=resize))
+    return _decode(contents, image_size=image_size, resize=resize)
 
 
-def _decode(contents: tf.Tensor, *, jpeg_ratio_index: tf.Tensor | None) -> tf.Tensor:
-    """Any supported image as RGB uint8, a JPEG at `_DCT_RATIOS[jpeg_ratio_index]` (None: in full).
+def _decode(contents: tf.Tensor, *, image_size: int | None = None, resize: str = "stretch") -> tf.Tensor:
+    """Any supported image as RGB uint8; with `image_size`, a large JPEG at the scale `decode_for_size` says.
 
     One flat `switch_case`. Inside a tf.data map every op, taken or not,
     costs CPU time per image, and branches holding conditionals of their own
@@ -567,9 +564,14 @@ def _decode(contents: tf.Tensor, *, jpeg_ratio_index: tf.Tensor | None) -> tf.Te
         ~is_webp | has_alpha | ~animated,
         ["an animated WebP without alpha channel (TensorFlow decodes animated WebP as RGBA only)"],
     )
-    jpeg = tf.constant(0) if jpeg_ratio_index is None else tf.cast(jpeg_ratio_index, tf.int32)
+    is_jpeg = tf.io.is_jpeg(contents)
+    jpeg = tf.constant(0)
+    if image_size is not None:
+        # Other bytes read a placeholder's header instead: no conditional needed.
+        header = tf.io.extract_jpeg_shape(tf.where(is_jpeg, contents, _placeholder_jpeg()))
+        jpeg = _dct_ratio_index(header, image_size=image_size, resize=resize)
     rgba, other = len(_DCT_RATIOS), len(_DCT_RATIOS) + 1
-    index = tf.where(tf.io.is_jpeg(contents), jpeg, tf.where(is_webp & has_alpha, rgba, other))
+    index = tf.where(is_jpeg, jpeg, tf.where(is_webp & has_alpha, rgba, other))
     branches = [lambda r=r: _decode_jpeg(contents, r) for r in _DCT_RATIOS] + [
         lambda: tf.io.decode_image(contents, channels=4, expand_animations=False)[..., :3],
         lambda: tf.io.decode_image(contents, channels=3, expand_animations=False),

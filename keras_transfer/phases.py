@@ -604,10 +604,11 @@ def view_batches(views: Sequence[np.ndarray | RowFile], labels: np.ndarray, *, b
     seed_of = _epoch_seeds(seed)
 
     def of_epoch(epoch):
+        seed = seed_of(epoch)
         # Shuffling the indices draws the same order a shuffle of the examples themselves would.
-        indices = _shuffled(tf.data.Dataset.range(n), n, seed_of(epoch))
+        indices = _shuffled(tf.data.Dataset.range(n), n, seed)
         if len(views) > 1:
-            draws = tf.random.stateless_uniform([n], [seed_of(epoch), 1], maxval=len(views), dtype=tf.int64)
+            draws = tf.random.stateless_uniform([n], [seed, 1], maxval=len(views), dtype=tf.int64)
             picks = tf.data.Dataset.zip((indices, tf.data.Dataset.from_tensor_slices(draws)))
         else:
             picks = indices.map(lambda i: (i, tf.zeros_like(i)))

@@ -17,8 +17,6 @@ import argparse
 import json
 import os
 
-from keras_transfer.evaluation import mean_and_standard_error
-
 SEEDS = range(5)
 
 
@@ -46,6 +44,8 @@ def load_runs(prefix: str) -> list[dict]:
 
 
 def summarize(runs: list[dict]) -> dict:
+    from keras_transfer.evaluation import mean_and_standard_error  # here: reading the runs needs no TensorFlow
+
     gaps = [100 * (r["accuracy"] - r["probe"]) for r in runs]
     out = {name: dict(zip(("mean", "se"), mean_and_standard_error([r[name] for r in runs])))
            for name in ("accuracy", "probe", "head", "wall_time_s", "tensorboard_images_s")}
