@@ -181,7 +181,7 @@ class AdversarialFineTuning(ClassifierTrainer):
             loss = (1.0 - weight) * clean_loss + weight * adversarial_loss
             scaled = self.optimizer.scale_loss(loss)
         self.minimize(tape, scaled)
-        return self._update_metrics(y, loss, clean, adversarial_loss, attacked)
+        return self._update_metrics(x, y, loss, clean, adversarial_loss, attacked)
 
     def test_step(self, data):
         x, y = data[0], data[1]
@@ -190,16 +190,16 @@ class AdversarialFineTuning(ClassifierTrainer):
         attacked = self.forward(x_adv, training=False)
         loss = self.compute_loss(x=x, y=y, y_pred=clean, training=False)
         adversarial_loss = self.compute_loss(x=x_adv, y=y, y_pred=attacked, training=False)
-        return self._update_metrics(y, loss, clean, adversarial_loss, attacked)
+        return self._update_metrics(x, y, loss, clean, adversarial_loss, attacked)
 
-    def _update_metrics(self, y, loss, clean, adversarial_loss, attacked):
+    def _update_metrics(self, x, y, loss, clean, adversarial_loss, attacked):
         for metric in self.metrics:
             if metric is self.adversarial_loss:
-                metric.update_state(adversarial_loss)
+                self.update_loss(metric, adversarial_loss, x)
             elif metric is self.adversarial_accuracy:
                 metric.update_state(y, attacked)
             elif metric.name == "loss":
-                metric.update_state(loss)
+                self.update_loss(metric, loss, x)
             else:
                 metric.update_state(y, clean)
         return {metric.name: metric.result() for metric in self.metrics}

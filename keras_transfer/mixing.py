@@ -243,10 +243,7 @@ class MixedSampleFineTuning(ClassifierTrainer):
         dominant = tf.where(lam >= 0.5, y, y_other)
         for metric in self.metrics:
             if metric.name == "loss":
-                # As Keras' own step: weighted by the batch's size, and not
-                # divided by the number of replicas as the loss is.
-                replicas = tf.distribute.get_strategy().num_replicas_in_sync
-                metric.update_state(loss * replicas, sample_weight=tf.shape(mixed)[0])
+                self.update_loss(metric, loss, mixed)
             else:
                 metric.update_state(dominant, logits)
         return self.get_metrics_result()

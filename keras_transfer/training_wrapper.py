@@ -36,7 +36,7 @@ class ClassifierTrainer(keras.Model):
     Its trainable variables are the classifier's, so what `fit` changes is
     the classifier itself. Subclasses override `train_step` (and
     `test_step` if validation changes too) using `augment`, `forward`,
-    `step_seed` and `minimize`.
+    `step_seed`, `minimize` and `update_loss`.
 
     Args:
         classifier: a classifier of `keras_transfer.models.build_classifier`
@@ -82,6 +82,17 @@ class ClassifierTrainer(keras.Model):
         """
         step = tf.cast(self.optimizer.iterations, tf.int32)
         return tf.stack([tf.constant(stream % MAX_SEED, tf.int32), step])
+
+    def update_loss(self, metric: keras.metrics.Metric, loss: tf.Tensor, images: tf.Tensor) -> None:
+        """Adds a batch's `compute_loss` value to the mean `metric` as Keras' own steps do.
+
+        Under a distribution strategy `compute_loss` divides each replica's
+        loss by the number of replicas (so that summing the replicas'
+        gradients averages them); the logs must show the loss itself, each
+        batch weighted by its size.
+        """
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        metric.update_state(loss * replicas, sample_weight=tf.shape(images)[0])
 
     def minimize(self, tape: tf.GradientTape, scaled_loss: tf.Tensor) -> None:
         """One optimizer step on the gradient of `scaled_loss` (`optimizer.scale_loss` of the loss, in `tape`)."""

@@ -7,6 +7,10 @@ Runs on the tiny 32 px MobileNet and the coloured synthetic images of
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -102,3 +106,60 @@ def test_adversarial_fine_tuning_makes_the_model_more_robust_and_resumes(backbon
     loaded = models_lib.load_model(tmp_path / "eps8" / "model.keras")
     np.testing.assert_allclose(loaded.predict(x_val[:8], verbose=0), result.model.predict(x_val[:8], verbose=0),
                                atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_replicas_log_and_learn_as_one_device(backbone_weights):
+    # The same batches on one device and split over two logical CPUs (MirroredStrategy): the same losses
+    # in the logs (Keras divides each replica's loss by the number of replicas; the logs must not) and the
+    # same weights after. No random start and no dropout, so nothing differs between the two but the split;
+    # 20 images in batches of 8 leave a last batch of 4, which the epoch's mean must weight by its size.
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import numpy as np
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import keras
+        from helpers import synthetic_images
+        from keras_transfer import models as models_lib
+        from keras_transfer.adversarial_training import AdversarialFineTuning, AdversarialTraining
+        x, y = synthetic_images(20, seed=1)
+        x_val, y_val = synthetic_images(10, seed=2)
+        runs = {{}}
+        for name in ("one", "two"):
+            strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "two" else tf.distribute.get_strategy()
+            with strategy.scope():
+                model = models_lib.build_classifier("mobilenet", num_classes=3, image_size=32, alpha=0.25,
+                                                    weights={backbone_weights!r}, kernel_l2=0.01)
+                models_lib.unfreeze_backbone(model, top_n=3)
+                kernel = model.get_layer(models_lib.LOGITS_NAME).kernel
+                kernel.assign(np.random.default_rng(0).normal(0, 0.5, kernel.shape))
+                wrapper = AdversarialFineTuning(model, attack=AdversarialTraining(eps=4.0, random_start=False))
+                wrapper.compile(optimizer=keras.optimizers.SGD(0.05),
+                                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+            history = wrapper.fit(x, y, batch_size=8, epochs=2, shuffle=False, validation_data=(x_val, y_val),
+                                  verbose=0).history
+            runs[name] = (history, [w.numpy() for w in model.weights])
+        (one, weights_one), (two, weights_two) = runs["one"], runs["two"]
+        print("RESULT" + json.dumps({{
+            "logs": {{k: [one[k], two[k]] for k in one}},
+            "weights": max(float(np.max(np.abs(a - b))) for a, b in zip(weights_one, weights_two)),
+            "moved": max(float(np.max(np.abs(a - b))) for a, b in zip(weights_one, [w.numpy() for w in
+                         models_lib.build_classifier("mobilenet", num_classes=3, image_size=32, alpha=0.25,
+                                                     weights={backbone_weights!r}).weights])),
+        }}))
+        """
+    )
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    for key in ("loss", "adversarial_loss", "accuracy", "adversarial_accuracy", "val_loss", "val_adversarial_loss",
+                "val_accuracy", "val_adversarial_accuracy"):
+        one, two = result["logs"][key]
+        np.testing.assert_allclose(two, one, rtol=1e-4, err_msg=key)
+    assert result["moved"] > 1e-3  # the step changed the weights, and both runs the same way
+    assert result["weights"] < 1e-4
