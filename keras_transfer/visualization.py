@@ -735,77 +735,121 @@ def visualize_classes(
         raise TypeError(f"Expected a VisualizationConfig. Received: config={config!r}")
     _IMAGE_EVERY.check("image_every", image_every)
     logits_model, model_size = _as_classifier(model)
-    num_classes = int(logits_model.outputs[0].shape[-1])
-    if class_names is None:
-        class_names = classes_lib.class_names_for_model(None, num_classes)
-    elif len(class_names) != num_classes:
-        raise ValueError(
-            f"The model has {num_classes} classes but {len(class_names)} class names were given."
-        )
+    class_names = _class_names(logits_model, class_names)
     targets = resolve_targets(classes, class_names)
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     config = dataclasses.replace(config, seed=seed)
     rng = np.random.default_rng(seed)
-    size = config.image_size or model_size
     batch = len(targets)
-
-    sizes = [max(8, round(size / config.octave_scale ** (config.octaves - 1 - k))) for k in range(config.octaves)]
-    steps_per_octave = [config.steps // config.octaves] * config.octaves
-    steps_per_octave[-1] += config.steps - sum(steps_per_octave)
-
-    writer = tf.summary.create_file_writer(os.fspath(log_dir)) if log_dir is not None else None
-    labels = naming.unique_stems([class_names[t] for t in targets], default="class")
-    progbar = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "probability"]) if progress else None
-    history: dict[str, list[np.ndarray]] = {}
+    recorder = _Recorder(
+        total_steps=config.steps,
+        labels=naming.unique_stems([class_names[t] for t in targets], default="class"),
+        callbacks=tuple(callbacks),
+        writer=tf.summary.create_file_writer(os.fspath(log_dir)) if log_dir is not None else None,
+        image_every=image_every,
+        progbar=keras.utils.Progbar(config.steps, stateful_metrics=["loss", "probability"]) if progress else None,
+    )
     target_tensor = tf.constant(targets, tf.int32)
     images01: np.ndarray | None = None
-    global_step = 0
-    seconds = 0.0
-
+    first_step = 0
     try:
-        for octave_size, octave_steps in zip(sizes, steps_per_octave):
+        for octave_size, octave_steps in _octaves(config, config.image_size or model_size):
             param = make_parameterization(config.parameterization, octave_size, decorrelate=config.decorrelate)
             if images01 is None:
                 start = param.initial(batch, std=config.init_std, rng=rng)
             else:
                 resized = tf.image.resize(images01, (octave_size, octave_size), method="bilinear").numpy()
                 start = param.from_images(resized)
-            variable = tf.Variable(start, trainable=True, name="image_parameters")
-            optimizer = keras.optimizers.Adam(learning_rate=config.effective_learning_rate)
-            optimizer.build([variable])
-            step_fn = _make_step(logits_model, param, variable, optimizer, target_tensor, config, model_size)
-            for i in range(octave_steps):
-                t0 = time.perf_counter()
-                outputs = step_fn(tf.constant([seed % 2**31, global_step], tf.int32))
-                logs = {k: v.numpy() for k, v in outputs.items()}
-                if i > 0:  # the first call of each octave traces the step
-                    seconds += time.perf_counter() - t0
-                _check_finite(logs, global_step)
-                for k, v in logs.items():
-                    history.setdefault(k, []).append(v)
-                global_step += 1
-                if writer is not None:
-                    show = global_step % image_every == 0 or global_step == config.steps
-                    rendered = param.render(variable).numpy() if show else None
-                    _write_summaries(writer, global_step, logs, labels, rendered)
-                if progbar is not None:
-                    progbar.update(global_step, [(k, float(np.mean(logs[k]))) for k in ("loss", "probability")])
-                for callback in callbacks:
-                    callback(global_step - 1, logs)
-            images01 = param.render(variable).numpy()
+            images01 = _optimize_octave(logits_model, param, start, target_tensor, config, model_size,
+                                        first_step=first_step, steps=octave_steps, recorder=recorder)
+            first_step += octave_steps
     finally:
-        if writer is not None:
-            writer.close()
+        if recorder.writer is not None:
+            recorder.writer.close()
     if not np.all(np.isfinite(images01)):
         raise NonFiniteLossError("The optimized images contain NaN or infinite values; no image was returned.")
     return VisualizationResult(
         images=np.clip(images01 * 255.0, 0.0, 255.0).astype(np.float32),
         targets=targets,
         class_names=[class_names[t] for t in targets],
-        history={k: np.stack(v) for k, v in history.items()},
+        history={k: np.stack(v) for k, v in recorder.history.items()},
         config=config,
-        seconds=seconds,
+        seconds=recorder.seconds,
     )
+
+
+def _class_names(logits_model: keras.Model, class_names: Sequence[str] | None) -> Sequence[str]:
+    """`class_names`, checked against the model's number of classes; `None`: ImageNet's or the indices."""
+    num_classes = int(logits_model.outputs[0].shape[-1])
+    if class_names is None:
+        return classes_lib.class_names_for_model(None, num_classes)
+    if len(class_names) != num_classes:
+        raise ValueError(f"The model has {num_classes} classes but {len(class_names)} class names were given.")
+    return class_names
+
+
+def _octaves(config: VisualizationConfig, size: int) -> list[tuple[int, int]]:
+    """(image side, steps) of each octave, coarse to fine; the last octave takes the remainder of the steps."""
+    sizes = [max(8, round(size / config.octave_scale ** (config.octaves - 1 - k))) for k in range(config.octaves)]
+    steps = [config.steps // config.octaves] * config.octaves
+    steps[-1] += config.steps - sum(steps)
+    return list(zip(sizes, steps))
+
+
+@dataclasses.dataclass
+class _Recorder:
+    """What happens after each step, outside the compiled step: checks, history, TensorBoard, progress, callbacks."""
+
+    total_steps: int
+    labels: list[str]
+    callbacks: tuple[Callback, ...]
+    writer: tf.summary.SummaryWriter | None
+    image_every: int
+    progbar: keras.utils.Progbar | None
+    history: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0  # in the steps, after the first step of each octave (which traces it)
+
+    def record(self, step: int, logs: dict[str, np.ndarray], render: Callable[[], np.ndarray]) -> None:
+        """Records step `step` (0-based); `render` gives the current images when TensorBoard shows them."""
+        _check_finite(logs, step)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+        done = step + 1
+        if self.writer is not None:
+            show = done % self.image_every == 0 or done == self.total_steps
+            _write_summaries(self.writer, done, logs, self.labels, render() if show else None)
+        if self.progbar is not None:
+            self.progbar.update(done, [(key, float(np.mean(logs[key]))) for key in ("loss", "probability")])
+        for callback in self.callbacks:
+            callback(step, logs)
+
+
+def _optimize_octave(
+    model: keras.Model,
+    param: PixelImage | FourierImage,
+    start: np.ndarray,
+    targets: tf.Tensor,
+    config: VisualizationConfig,
+    model_size: int,
+    *,
+    first_step: int,
+    steps: int,
+    recorder: _Recorder,
+) -> np.ndarray:
+    """Optimizes `param` from `start` for `steps` steps (a fresh Adam); returns the images in [0, 1]."""
+    variable = tf.Variable(start, trainable=True, name="image_parameters")
+    optimizer = keras.optimizers.Adam(learning_rate=config.effective_learning_rate)
+    optimizer.build([variable])
+    step_fn = _make_step(model, param, variable, optimizer, targets, config, model_size)
+    for i in range(steps):
+        started = time.perf_counter()
+        # The step's random transform is drawn from (seed, global step).
+        outputs = step_fn(tf.constant([config.seed % 2**31, first_step + i], tf.int32))
+        logs = {key: value.numpy() for key, value in outputs.items()}
+        if i > 0:
+            recorder.seconds += time.perf_counter() - started
+        recorder.record(first_step + i, logs, lambda: param.render(variable).numpy())
+    return param.render(variable).numpy()
 
 
 def _make_step(
