@@ -75,7 +75,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
 import math
 import time
 import weakref
@@ -116,8 +115,8 @@ class _Norm(abc.ABC):
     name: ClassVar[str]
 
     @abc.abstractmethod
-    def sample(self, rng: np.random.Generator, shape: tuple[int, ...], eps: float) -> np.ndarray:
-        """Uniform random perturbations inside the ball (numpy, float32)."""
+    def random_noise(self, shape: tf.Tensor, seed: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        """Uniform random points of the ball, one per image of `shape` (stateless: a function of `seed`)."""
 
     @abc.abstractmethod
     def direction(self, grad: tf.Tensor) -> tf.Tensor:
@@ -155,8 +154,8 @@ class _Norm(abc.ABC):
 class _LinfNorm(_Norm):
     name = "inf"
 
-    def sample(self, rng, shape, eps):
-        return (rng.random(shape, dtype=np.float32) * np.float32(2.0 * eps) - np.float32(eps)).clip(-eps, eps)
+    def random_noise(self, shape, seed, eps):
+        return tf.random.stateless_uniform(shape, seed, -eps, eps)
 
     def direction(self, grad):
         return tf.sign(grad)
@@ -192,13 +191,14 @@ class _LinfNorm(_Norm):
 class _L2Norm(_Norm):
     name = "2"
 
-    def sample(self, rng, shape, eps):
-        n, dim = shape[0], int(np.prod(shape[1:]))
-        direction = rng.standard_normal((n, dim))
-        direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), _TINY)
+    def random_noise(self, shape, seed, eps):
+        seeds = tf.random.experimental.stateless_split(seed, 2)
+        direction = tf.random.stateless_normal(shape, seeds[0])
+        direction /= tf.maximum(_flat_norm(direction), _TINY)
         # Radius eps * u^(1/d) makes the point uniform in the ball's volume.
-        radius = eps * rng.uniform(0.0, 1.0, size=(n, 1)) ** (1.0 / dim)
-        return (direction * radius).reshape(shape).astype(np.float32)
+        dims = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
+        u = tf.random.stateless_uniform(tf.concat([shape[:1], tf.ones_like(shape[1:])], 0), seeds[1])
+        return direction * (eps * tf.pow(u, 1.0 / dims))
 
     def direction(self, grad):
         return grad / tf.maximum(_flat_norm(grad), _TINY)
@@ -919,7 +919,7 @@ class _Outcome:
     spent: np.ndarray  # gradient steps per image
     # (images that used every step, their float last iterates), one pair a
     # step: those iterates still need a look.
-    out_of_budget: list[tuple[np.ndarray, np.ndarray]]
+    out_of_budget: list[tuple[np.ndarray, tf.Tensor]]
 
     @classmethod
     def empty(cls, x0: np.ndarray, num_classes: int, *, quantize: bool = False) -> _Outcome:
@@ -941,12 +941,12 @@ class _Pool:
     per-image constants of the norm's step (see `_Norm.box`).
     """
 
-    def __init__(self, capacity: int, image_shape: tuple[int, ...], box: Callable[[tf.Tensor], tuple]):
+    def __init__(self, capacity: int, image_shape: tuple[int, ...], plan: _Plan, eps: tf.Tensor, radius: tf.Tensor):
         self.spec = [None, *image_shape]
-        self._box = box
+        self._plan, self._eps, self._radius = plan, eps, radius
         zeros = tf.zeros([capacity, *image_shape])
         self.x = self._variable(zeros)
-        self.box = [self._variable(part) for part in box(zeros)]
+        self.box = [self._variable(part) for part in _NORMS[plan.norm].box(zeros, eps, radius, quantize=plan.quantize)]
         self.cls = tf.Variable(tf.zeros([capacity], tf.int32), shape=[None], trainable=False)
         self.slot_image = np.full(capacity, -1)  # which image each slot holds
 
@@ -956,22 +956,11 @@ class _Pool:
     def free(self) -> np.ndarray:
         return np.flatnonzero(self.slot_image < 0)
 
-    def fill(self, slots: np.ndarray, images: np.ndarray, starts, originals, classes) -> None:
-        self._fill(self.x, self.box, self.cls, tf.constant(slots[:, None], tf.int32), tf.constant(starts, tf.float32),
-                   tf.constant(originals, tf.float32), tf.constant(classes, tf.int32))
+    def fill(self, slots: np.ndarray, images: np.ndarray, starts: tf.Tensor, originals: tf.Tensor, classes) -> None:
+        _fill_pool(self.x, self.box, self.cls, tf.constant(slots[:, None], tf.int32), starts, originals,
+                   tf.constant(classes, tf.int32), self._eps, self._radius, norm=self._plan.norm,
+                   quantize=self._plan.quantize)
         self.slot_image[slots] = images
-
-    @functools.cached_property
-    def _fill(self):
-        # One compiled call per refill (the box's bounds and six scatters), not a dozen eager ops.
-        @tf.function(reduce_retracing=True)
-        def fill(x, box, cls, where, starts, originals, classes):
-            x.scatter_nd_update(where, starts)
-            for variable, part in zip(box, self._box(originals)):
-                variable.scatter_nd_update(where, part)
-            cls.scatter_nd_update(where, classes)
-
-        return fill
 
     def shrink(self) -> bool:
         """Keeps only the slots still running; `False` when none is."""
@@ -985,23 +974,37 @@ class _Pool:
         return True
 
 
-def _starts(x0: np.ndarray, images: np.ndarray, plan: _Plan, base_seed: int, ids: np.ndarray | None = None) -> np.ndarray:
-    """The first iterates of `images`: the originals, or random points of the ball around them.
+# One compiled call per refill (the box's bounds and the scatters), not a dozen eager ops; shared by
+# every pool (variables are arguments), so a new attack call does not trace it again.
+@tf.function(reduce_retracing=True)
+def _fill_pool(x, box, cls, where, starts, originals, classes, eps, radius, *, norm: str, quantize: bool) -> None:
+    x.scatter_nd_update(where, starts)
+    for variable, part in zip(box, _NORMS[norm].box(originals, eps, radius, quantize=quantize)):
+        variable.scatter_nd_update(where, part)
+    cls.scatter_nd_update(where, classes)
 
-    `ids` (default: the positions in `x0`) name the images in the seed of
-    their random start.
+
+def _starts(originals: tf.Tensor, keys: np.ndarray, plan: _Plan, base_seed: int) -> tf.Tensor:
+    """The first iterates: the `originals`, or random points of the ball around them.
+
+    `keys` name the images in the seeds of their random starts: one seed per
+    image, so its start depends only on the seed and its key, not on the
+    batch (nor on which images a restart still attacks).
     """
-    starts = x0[images]
     if not plan.random_start:
-        return starts.astype(np.float32)
-    # One generator per image: its start depends only on the seed and its
-    # index, not on the batch size (nor, with `ids`, on which images a
-    # restart still attacks).
-    norm = _NORMS[plan.norm]
-    shape = (1, *x0.shape[1:])
-    keys = images if ids is None else np.asarray(ids)[images]
-    noise = np.concatenate([norm.sample(np.random.default_rng([base_seed, int(i)]), shape, plan.eps) for i in keys])
-    return np.clip(starts + noise, PIXEL_MIN, PIXEL_MAX, out=noise)
+        return originals
+    seeds = tf.constant(np.stack([np.full(len(keys), base_seed % 2**63), keys], axis=1), tf.int64)
+    return _random_starts(originals, seeds, tf.constant(plan.eps, tf.float32), norm=plan.norm)
+
+
+# Drawn in the graph (Philox) rather than by a numpy generator per image: numpy's draws and their
+# conversion to a tensor cost about a step's time per 32 images entering the pool.
+@tf.function(reduce_retracing=True)
+def _random_starts(originals: tf.Tensor, seeds: tf.Tensor, eps: tf.Tensor, *, norm: str) -> tf.Tensor:
+    ops = _NORMS[norm]
+    shape = tf.concat([[1], tf.shape(originals)[1:]], 0)
+    noise = tf.map_fn(lambda seed: ops.random_noise(shape, seed, eps)[0], seeds, fn_output_signature=tf.float32)
+    return tf.clip_by_value(originals + noise, PIXEL_MIN, PIXEL_MAX)
 
 
 def _collect(outcome: _Outcome, pool: _Pool, seen, logits, ok, plan: _Plan) -> int:
@@ -1017,7 +1020,7 @@ def _collect(outcome: _Outcome, pool: _Pool, seen, logits, ok, plan: _Plan) -> i
         outcome.success[images[rows]] = True
     if out_of_budget.any():
         rows = np.flatnonzero(out_of_budget)
-        outcome.out_of_budget.append((images[rows], tf.gather(pool.x, rows).numpy()))
+        outcome.out_of_budget.append((images[rows], tf.gather(pool.x, rows)))
     done = ok | out_of_budget
     images[done] = -1
     return int(done.sum())
@@ -1048,8 +1051,7 @@ def _run(
     radius = tf.constant(math.floor(plan.eps) if math.isfinite(plan.eps) else math.inf, tf.float32)
     step_size = tf.constant(plan.step_size, tf.float32)
     base_seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
-    norm = _NORMS[plan.norm]
-    pool = _Pool(min(batch_size, n), x0.shape[1:], lambda x: norm.box(x, eps, radius, quantize=plan.quantize))
+    pool = _Pool(min(batch_size, n), x0.shape[1:], plan, eps, radius)
     next_image = 0
     progbar = keras.utils.Progbar(n) if verbose else None
     finished = 0
@@ -1060,7 +1062,9 @@ def _run(
             slots = free[: n - next_image]
             new = np.arange(next_image, next_image + slots.size)
             next_image += slots.size
-            pool.fill(slots, new, _starts(x0, new, plan, base_seed, ids), x0[new], classes[new])
+            originals = tf.constant(x0[new], tf.float32)
+            keys = new if ids is None else np.asarray(ids)[new]
+            pool.fill(slots, new, _starts(originals, keys, plan, base_seed), originals, classes[new])
             free = pool.free()
         # No image left to start: shrink the pool to the images still running.
         if free.size and not pool.shrink():
@@ -1078,12 +1082,11 @@ def _look_at_last_iterates(evaluate, outcome: _Outcome, x0, classes, eps, radius
     if not outcome.out_of_budget:
         return
     spent = np.concatenate([images for images, _ in outcome.out_of_budget]).astype(np.int64)
-    last = np.concatenate([iterates for _, iterates in outcome.out_of_budget])
+    last = tf.concat([iterates for _, iterates in outcome.out_of_budget], 0)
     for b in range(0, len(spent), batch_size):
         idx = spent[b : b + batch_size]
         seen, logits, ok = evaluate(
-            tf.constant(last[b : b + batch_size]), tf.constant(x0[idx], tf.float32), tf.constant(classes[idx]), eps,
-            radius,
+            last[b : b + batch_size], tf.constant(x0[idx], tf.float32), tf.constant(classes[idx]), eps, radius
         )
         outcome.adversarial[idx] = seen.numpy()
         outcome.logits[idx] = logits.numpy()
@@ -1459,8 +1462,10 @@ def _run_apgd(
     progbar = keras.utils.Progbar(len(x0)) if verbose and len(x0) else None
     for begin in range(0, len(x0), batch_size):
         rows = np.arange(begin, min(begin + batch_size, len(x0)))
-        state = _apgd_state(tf.constant(_starts(x0, rows, plan, seed, ids)), plan.step_size, num_classes)
-        box = norm.box(tf.constant(x0[rows], tf.float32), eps, radius, quantize=plan.quantize)
+        originals = tf.constant(x0[rows], tf.float32)
+        keys = rows if ids is None else np.asarray(ids)[rows]
+        state = _apgd_state(_starts(originals, keys, plan, seed), plan.step_size, num_classes)
+        box = norm.box(originals, eps, radius, quantize=plan.quantize)
         cls = tf.constant(classes[rows])
         for m in range(plan.steps):
             phase = 0 if m == 0 else 2 if m in intervals else 1

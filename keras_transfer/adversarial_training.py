@@ -107,17 +107,7 @@ class AdversarialTraining:
 
     def random_start_point(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """A uniform random point of the ball around each image of `x` (stateless: a function of `seed`)."""
-        if self.norm == "inf":
-            noise = tf.random.stateless_uniform(tf.shape(x), seed, -self.eps, self.eps)
-        else:
-            # Uniform in the L2 ball: a Gaussian direction, radius eps * u^(1/d).
-            direction = tf.random.stateless_normal(tf.shape(x), seed)
-            length = tf.sqrt(tf.reduce_sum(tf.square(direction), axis=tf.range(1, tf.rank(x)), keepdims=True))
-            direction /= tf.maximum(length, 1e-12)
-            dims = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
-            u = tf.random.stateless_uniform(tf.concat([tf.shape(x)[:1], tf.ones_like(tf.shape(x)[1:])], 0),
-                                            seed + 1)
-            noise = direction * self.eps * tf.pow(u, 1.0 / dims)
+        noise = adversarial.norm_ops(self.norm).random_noise(tf.shape(x), seed, tf.constant(self.eps, tf.float32))
         return tf.clip_by_value(x + noise, adversarial.PIXEL_MIN, adversarial.PIXEL_MAX)
 
     def perturb(self, logits_fn, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

@@ -123,6 +123,29 @@ def test_results_stay_in_the_ball_and_pixel_range(tiny, size, batch, norm, eps_s
     np.testing.assert_allclose(result.logits, logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("norm, eps", [("inf", 4.0), ("2", 50.0)])
+def test_random_starts_are_uniform_in_the_ball_and_a_function_of_the_seed(norm, eps):
+    ops = adv.norm_ops(norm)
+    shape = tf.constant([2000, 8, 8, 3])
+    noise = ops.random_noise(shape, tf.constant([3, 4], tf.int64), tf.constant(eps)).numpy().reshape(2000, -1)
+    if norm == "inf":
+        assert np.abs(noise).max() <= eps
+        # Uniform on [-eps, eps]: mean 0, mean |x| eps / 2, each tenth of the range a tenth of the draws.
+        assert abs(noise.mean()) < 0.01 * eps and abs(np.abs(noise).mean() - eps / 2) < 0.01 * eps
+        np.testing.assert_allclose(np.histogram(noise, bins=10, range=(-eps, eps))[0] / noise.size, 0.1, atol=0.005)
+    else:
+        # Uniform in the volume of a 192-dimensional ball: P(|x| <= r) = (r / eps)^192.
+        lengths = np.linalg.norm(noise, axis=1)
+        assert lengths.max() <= eps * (1 + 1e-6)
+        assert np.mean(lengths <= eps * 0.5 ** (1 / 192)) == pytest.approx(0.5, abs=0.04)
+        # Directions spread evenly: the mean unit vector is near 0.
+        assert np.linalg.norm((noise / lengths[:, None]).mean(axis=0)) < 0.1
+    again = ops.random_noise(shape, tf.constant([3, 4], tf.int64), tf.constant(eps)).numpy().reshape(2000, -1)
+    other = ops.random_noise(shape, tf.constant([3, 5], tf.int64), tf.constant(eps)).numpy().reshape(2000, -1)
+    np.testing.assert_array_equal(noise, again)
+    assert not np.allclose(noise, other)
+
+
 def test_linf_rounding_goes_toward_the_original_at_the_ball_edge():
     x0 = np.full((1, 1, 1, 3), 100.0, np.float32)
     x = x0 + np.array([2.5, -2.5, 1.7], np.float32).reshape(1, 1, 1, 3)
