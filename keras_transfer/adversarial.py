@@ -155,7 +155,13 @@ class _LinfNorm(_Norm):
     name = "inf"
 
     def random_noise(self, shape, seed, eps):
-        return tf.random.stateless_uniform(shape, seed, -eps, eps)
+        # 256 evenly spaced levels strictly inside [-eps, eps] (steps of eps / 128), one random byte
+        # each: a quarter of the random words that float32 draws take, which were the bulk of the
+        # cost of starting an image.
+        size = tf.reduce_prod(shape)
+        words = tf.random.stateless_uniform([(size + 3) // 4], seed, minval=None, maxval=None, dtype=tf.uint32)
+        levels = tf.reshape(tf.bitcast(words, tf.uint8), [-1])[:size]
+        return tf.reshape((tf.cast(levels, tf.float32) + 0.5) * (eps / 128.0) - eps, shape)
 
     def direction(self, grad):
         return tf.sign(grad)
@@ -960,10 +966,11 @@ class _Pool:
     def free(self) -> np.ndarray:
         return np.flatnonzero(self.slot_image < 0)
 
-    def fill(self, slots: np.ndarray, images: np.ndarray, starts: tf.Tensor, originals: tf.Tensor, classes) -> None:
-        _fill_pool(self.x, self.box, self.cls, tf.constant(slots[:, None], tf.int32), starts, originals,
+    def fill(self, slots: np.ndarray, images: np.ndarray, originals: tf.Tensor, seeds: tf.Tensor, classes) -> None:
+        """Puts `images` (their `originals`, the `seeds` of their starts, see `_start_seeds`) into `slots`."""
+        _fill_pool(self.x, self.box, self.cls, tf.constant(slots[:, None], tf.int32), originals, seeds,
                    tf.constant(classes, tf.int32), self._eps, self._radius, norm=self._plan.norm,
-                   quantize=self._plan.quantize)
+                   quantize=self._plan.quantize, random_start=self._plan.random_start)
         self.slot_image[slots] = images
 
     def shrink(self) -> bool:
@@ -978,27 +985,31 @@ class _Pool:
         return True
 
 
-# One compiled call per refill (the box's bounds and the scatters), not a dozen eager ops; shared by
+# One compiled call per refill (the random starts, the box and the scatters), not a dozen eager ops; shared by
 # every pool (variables are arguments), so a new attack call does not trace it again.
 @tf.function(reduce_retracing=True)
-def _fill_pool(x, box, cls, where, starts, originals, classes, eps, radius, *, norm: str, quantize: bool) -> None:
-    x.scatter_nd_update(where, starts)
+def _fill_pool(x, box, cls, where, originals, seeds, classes, eps, radius, *, norm: str, quantize: bool,
+               random_start: bool) -> None:
+    x.scatter_nd_update(where, _random_starts(originals, seeds, eps, norm=norm) if random_start else originals)
     for variable, part in zip(box, _NORMS[norm].box(originals, eps, radius, quantize=quantize)):
         variable.scatter_nd_update(where, part)
     cls.scatter_nd_update(where, classes)
 
 
-def _starts(originals: tf.Tensor, keys: np.ndarray, plan: _Plan, base_seed: int) -> tf.Tensor:
-    """The first iterates: the `originals`, or random points of the ball around them.
+def _start_seeds(keys: np.ndarray, base_seed: int) -> tf.Tensor:
+    """The seeds of the random starts of the images named `keys`, one per image.
 
-    `keys` name the images in the seeds of their random starts: one seed per
-    image, so its start depends only on the seed and its key, not on the
+    A start then depends only on the seed and the image's key, not on the
     batch (nor on which images a restart still attacks).
     """
+    return tf.constant(np.stack([np.full(len(keys), base_seed % 2**63), keys], axis=1), tf.int64)
+
+
+def _starts(originals: tf.Tensor, keys: np.ndarray, plan: _Plan, base_seed: int) -> tf.Tensor:
+    """The first iterates: the `originals`, or random points of the ball around them (see `_start_seeds`)."""
     if not plan.random_start:
         return originals
-    seeds = tf.constant(np.stack([np.full(len(keys), base_seed % 2**63), keys], axis=1), tf.int64)
-    return _random_starts(originals, seeds, tf.constant(plan.eps, tf.float32), norm=plan.norm)
+    return _random_starts(originals, _start_seeds(keys, base_seed), tf.constant(plan.eps, tf.float32), norm=plan.norm)
 
 
 # Drawn in the graph (Philox) rather than by a numpy generator per image: numpy's draws and their
@@ -1068,7 +1079,7 @@ def _run(
             next_image += slots.size
             originals = tf.constant(x0[new], tf.float32)
             keys = new if ids is None else np.asarray(ids)[new]
-            pool.fill(slots, new, _starts(originals, keys, plan, base_seed), originals, classes[new])
+            pool.fill(slots, new, originals, _start_seeds(keys, base_seed), classes[new])
             free = pool.free()
         # No image left to start: shrink the pool to the images still running.
         if free.size and not pool.shrink():
