@@ -885,12 +885,16 @@ class _GradientAttack(abc.ABC):
         for r in range(getattr(self, "restarts", 1) if todo.size else 0):
             # Only the images no earlier run broke are attacked again, from a
             # new random start (seed stream `seed + r * _RESTART_STRIDE`).
+            every = todo.size == len(x0)
             adversarial, logits, success, steps = self._run_once(
-                model, x0[todo], classes[todo], targeted, batch_size=batch_size,
+                model, x0 if every else x0[todo], classes[todo], targeted, batch_size=batch_size,
                 seed=base_seed + r * _RESTART_STRIDE, ids=todo, verbose=verbose,
             )
-            outcome.adversarial[todo], outcome.logits[todo] = adversarial, logits
-            outcome.success[todo] = success
+            if every:  # the first run's arrays are the results: no copy (half a millisecond an image in float32)
+                outcome.adversarial, outcome.logits, outcome.success = adversarial, logits, success
+            else:
+                outcome.adversarial[todo], outcome.logits[todo] = adversarial, logits
+                outcome.success[todo] = success
             outcome.spent[todo] += steps
             restart[todo[success]] = r
             todo = todo[~success]
