@@ -173,9 +173,7 @@ class _LinfNorm(_Norm):
         # The integers within eps of an integer x0 are x0 - floor(eps) ... x0 +
         # floor(eps); clipping the nearest integer into that box rounds toward
         # the original exactly where rounding to nearest would leave the ball.
-        low = tf.maximum(x0 - radius, PIXEL_MIN)
-        high = tf.minimum(x0 + radius, PIXEL_MAX)
-        return tf.clip_by_value(tf.round(x), low, high)
+        return tf.clip_by_value(tf.round(x), *_box_bounds(x0, radius))
 
     def box(self, x0, eps, radius, *, quantize):
         # The original alone, as uint8 when it holds integers (quantize): the
@@ -185,17 +183,14 @@ class _LinfNorm(_Norm):
         # around the network is bound by memory, not arithmetic).
         return (tf.cast(x0, tf.uint8 if quantize else tf.float32),)
 
-    @staticmethod
-    def _bounds(box, half_width):
-        """The box `[x0 - half_width, x0 + half_width]` intersected with the pixel range."""
-        x0 = tf.cast(box[0], tf.float32)
-        return tf.maximum(x0 - half_width, PIXEL_MIN), tf.minimum(x0 + half_width, PIXEL_MAX)
-
-    def rounded(self, x, box, eps, radius):
-        return tf.clip_by_value(tf.round(x), *self._bounds(box, radius))
-
     def advance(self, x, move, box, eps):
-        return tf.clip_by_value(x + move, *self._bounds(box, eps))
+        return tf.clip_by_value(x + move, *_box_bounds(box[0], eps))
+
+
+def _box_bounds(x0: tf.Tensor, half_width: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The box `[x0 - half_width, x0 + half_width]` (x0 of any dtype) intersected with the pixel range."""
+    x0 = tf.cast(x0, tf.float32)
+    return tf.maximum(x0 - half_width, PIXEL_MIN), tf.minimum(x0 + half_width, PIXEL_MAX)
 
 
 class _L2Norm(_Norm):
