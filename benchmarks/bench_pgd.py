@@ -10,8 +10,9 @@ one batch at a time.
 
 Both are timed after a warm-up run (tracing excluded), in alternating
 repeats (TF's global seed is set once, before the warm-up: resetting it
-before each peer run cleared TF's kernel caches and slowed the next run); the median time is reported, as wall time and as the process's CPU
-time (which other programs on a shared machine disturb less). Success rates
+before each peer run cleared TF's kernel caches and slowed the next run);
+the median time is reported, as wall time and as the process's CPU time
+(which other programs on a shared machine disturb less). Success rates
 are printed as floats (as returned) and after rounding to uint8 (as saved).
 Ours runs with `quantize=False` (float output, like CleverHans) and
 `quantize=True` (the default: uint8 output, success judged after rounding).

@@ -130,7 +130,8 @@ def test_two_replicas_log_and_learn_as_one_device(backbone_weights):
         x_val, y_val = synthetic_images(10, seed=2)
         runs = {{}}
         for name in ("one", "two"):
-            strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "two" else tf.distribute.get_strategy()
+            strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "two"
+                        else tf.distribute.get_strategy())
             with strategy.scope():
                 model = models_lib.build_classifier("mobilenet", num_classes=3, image_size=32, alpha=0.25,
                                                     weights={backbone_weights!r}, kernel_l2=0.01)
