@@ -119,7 +119,7 @@ def run_ours(model, config: vis.VisualizationConfig, targets=TARGETS):
 
 def quality(model, images, targets=TARGETS) -> tuple[list[float], list[float]]:
     uint8 = np.clip(np.round(images), 0, 255).astype(np.uint8)
-    probs = vis.class_probabilities(model, uint8)
+    probs = kt.class_probabilities(model, uint8)
     tv = vis.total_variation(uint8 / 255.0).numpy()
     return [float(probs[i, t]) for i, t in enumerate(targets)], [float(v) for v in tv]
 

@@ -18,6 +18,8 @@ from importlib import resources
 
 import numpy as np
 
+from keras_transfer import models
+
 NUM_CLASSES = 1000
 # Domestic cats: tabby, tiger_cat, Persian_cat, Siamese_cat, Egyptian_cat
 # (282 "tiger_cat" is the striped domestic cat; the wild tiger is 292).
@@ -90,7 +92,7 @@ def group_probabilities(
             (logits, or probabilities from a final softmax layer).
         images: `(batch, height, width, 3)` pixels in [0, 255], any dtype;
             resized bilinearly to the model's input size when they differ
-            (as `keras_transfer.visualization.class_probabilities` does).
+            (as `keras_transfer.models.class_probabilities` does).
         groups: group name -> class indices of `model`. Defaults to `None`:
             `PET_GROUPS`, for a 1000-class ImageNet model.
         batch_size: images per forward pass. Defaults to `16`.
@@ -98,11 +100,9 @@ def group_probabilities(
     Returns:
         Group name -> float64 array `(batch,)`.
     """
-    from keras_transfer import visualization  # imports this module (via classes)
-
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"Expected batch_size to be an int >= 1. Received: batch_size={batch_size!r}")
-    probabilities = visualization.class_probabilities(model, images, batch_size=int(batch_size))
+    probabilities = models.class_probabilities(model, images, batch_size=int(batch_size))
     return group_mass(probabilities, groups)
 
 

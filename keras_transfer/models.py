@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
 from keras_transfer import backbones as backbones_lib
 from keras_transfer import files
@@ -477,6 +478,43 @@ def image_size_of(model: keras.Model) -> int:
     if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
         raise ValueError(f"Expected a model with a square RGB input. Received: input_shape={shape}")
     return int(shape[1])
+
+
+def logits_model_and_size(model: keras.Model) -> tuple[keras.Model, int]:
+    """`(as_logits_model(model), its square input size)`; a TypeError for anything but a Keras model."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected a keras.Model. Received: model of type {type(model).__name__}")
+    logits_model = as_logits_model(model)
+    return logits_model, image_size_of(logits_model)
+
+
+def class_probabilities(model: keras.Model, images, *, batch_size: int = 16) -> np.ndarray:
+    """Softmax class probabilities of `images` (pixels in [0, 255], any dtype).
+
+    Images of another size than the model's input are resized bilinearly
+    (as `keras_transfer.visualization.visualize_classes` shows its images
+    to the model).
+
+    Args:
+        model: a classifier from RGB pixels in [0, 255] to class scores
+            (logits, or probabilities from a final softmax layer).
+        images: `(batch, height, width, 3)` or one `(height, width, 3)` image.
+        batch_size: images per forward pass. Defaults to `16`.
+
+    Returns:
+        `(batch, num_classes)` float32 probabilities.
+    """
+    logits_model, size = logits_model_and_size(model)
+    x = keras.ops.cast(keras.ops.convert_to_tensor(images), "float32")
+    if len(x.shape) == 3:
+        x = x[None]
+    if x.shape[1] != size or x.shape[2] != size:
+        x = keras.ops.image.resize(x, (size, size), interpolation="bilinear", antialias=False)
+        x = keras.ops.clip(x, 0.0, 255.0)
+    # Direct calls: `predict` would build a new function for every model.
+    logits = [logits_model(x[i : i + batch_size], training=False) for i in range(0, x.shape[0], batch_size)]
+    logits = keras.ops.cast(keras.ops.concatenate(logits, axis=0), "float32")
+    return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
 
 
 def save_class_names(class_names: Sequence[str], path: str | os.PathLike) -> None:

@@ -672,14 +672,6 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or its gradient became NaN or infinite during optimization."""
 
 
-def _as_classifier(model: keras.Model) -> tuple[keras.Model, int]:
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"Expected a keras.Model. Received: model of type {type(model).__name__}")
-    logits_model = models_lib.as_logits_model(model)
-    size = models_lib.image_size_of(logits_model)
-    return logits_model, size
-
-
 def resolve_targets(classes: Sequence[int | str] | int | str, class_names: Sequence[str]) -> list[int]:
     """Class indices of `classes` (indices or names) among `class_names`."""
     if isinstance(classes, (int, str, np.integer)):
@@ -734,7 +726,7 @@ def visualize_classes(
     if not isinstance(config, VisualizationConfig):
         raise TypeError(f"Expected a VisualizationConfig. Received: config={config!r}")
     _IMAGE_EVERY.check("image_every", image_every)
-    logits_model, model_size = _as_classifier(model)
+    logits_model, model_size = models_lib.logits_model_and_size(model)
     class_names = _class_names(logits_model, class_names)
     targets = resolve_targets(classes, class_names)
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
@@ -936,23 +928,3 @@ def _write_summaries(writer, step: int, logs: Mapping[str, np.ndarray], tags: Se
         if images is not None:
             for tag, image in zip(tags, images):
                 tf.summary.image(f"image/{tag}", image[None])
-
-
-def class_probabilities(model: keras.Model, images, *, batch_size: int = 16) -> np.ndarray:
-    """Softmax class probabilities of `images` (pixels in [0, 255], any dtype).
-
-    Images of another size than the model's input are resized bilinearly,
-    the way `visualize_classes` shows them to the model.
-
-    Returns:
-        `(batch, num_classes)` float32 probabilities.
-    """
-    logits_model, size = _as_classifier(model)
-    x = tf.cast(tf.convert_to_tensor(images), tf.float32)
-    if x.shape.rank == 3:
-        x = x[None]
-    if x.shape[1] != size or x.shape[2] != size:
-        x = tf.clip_by_value(tf.image.resize(x, (size, size), method="bilinear"), 0.0, 255.0)
-    # Direct calls: `predict` would build a new function for every model.
-    logits = [logits_model(x[i : i + batch_size], training=False) for i in range(0, x.shape[0], batch_size)]
-    return keras.ops.convert_to_numpy(keras.ops.softmax(tf.cast(tf.concat(logits, 0), tf.float32), axis=-1))

@@ -91,8 +91,8 @@ def test_each_image_of_a_batch_moves_to_its_own_class(colour_model, parameteriza
         callbacks=[lambda step, logs: calls.append((step, sorted(logs)))],
         progress=False,
     )
-    start = vis.class_probabilities(colour_model, np.full((1, 32, 32, 3), 127.5, np.float32))[0]
-    probs = vis.class_probabilities(colour_model, result.uint8_images)
+    start = kt.class_probabilities(colour_model, np.full((1, 32, 32, 3), 127.5, np.float32))[0]
+    probs = kt.class_probabilities(colour_model, result.uint8_images)
     assert probs.argmax(axis=1).tolist() == [0, 1, 2, 3]
     for i in range(4):
         assert probs[i, i] > 0.9 and start[i] < 0.01, (i, probs[i, i], start[i])
@@ -147,7 +147,7 @@ def test_total_variation_weight_lowers_total_variation(colour_model):
         config = quick(parameterization="pixel", tv_weight=weight, steps=40)
         result = vis.visualize_classes(colour_model, [0, 1], config=config, progress=False)
         tv[weight] = vis.total_variation(result.uint8_images / 255.0).numpy()
-        assert vis.class_probabilities(colour_model, result.uint8_images).argmax(1).tolist() == [0, 1]
+        assert kt.class_probabilities(colour_model, result.uint8_images).argmax(1).tolist() == [0, 1]
     assert np.all(tv[30.0] < 0.5 * tv[0.0]), tv
 
 
@@ -156,7 +156,7 @@ def test_octaves_and_a_larger_image_than_the_model_input(colour_model):
     result = vis.visualize_classes(colour_model, ["blue"], config=config, class_names=NAMES, progress=False)
     assert result.images.shape == (1, 48, 48, 3)
     assert result.history["loss"].shape == (45, 1)
-    probs = vis.class_probabilities(colour_model, result.uint8_images)  # resized to 32 as during optimization
+    probs = kt.class_probabilities(colour_model, result.uint8_images)  # resized to 32 as during optimization
     assert probs[0].argmax() == 2
 
 
@@ -167,7 +167,7 @@ def test_a_final_softmax_is_removed_before_optimizing():
     # Were the softmax kept, the "logits" would be probabilities in [0, 1] and
     # their softmax could never exceed e / (e + 4) = 0.40 with 5 classes.
     assert result.history["probability"][-1, 0] > 0.9
-    assert vis.class_probabilities(model, result.uint8_images)[0, 2] > 0.9
+    assert kt.class_probabilities(model, result.uint8_images)[0, 2] > 0.9
 
 
 # ---------------------------------------------------------------- bad input
@@ -403,7 +403,7 @@ def test_cli_writes_the_promised_files_for_a_saved_classifier(saved_tiny_classif
     png = np.asarray(Image.open(out / "ideal_pug.png"))
     assert png.shape == (32, 32, 3) and png.dtype == np.uint8
     model = kt.load_model(saved_tiny_classifier)
-    expected = vis.class_probabilities(model, png)[0, 2]
+    expected = kt.class_probabilities(model, png)[0, 2]
     assert summary["classes"][1]["probability"] == pytest.approx(float(expected), abs=1e-5)
     assert summary["classes"][1]["steps"] == 12 and "tv" in summary["classes"][1]["final"]
     assert summary["config"]["seed"] == 0
@@ -536,7 +536,7 @@ def test_ideal_tabby_of_mobilenet_is_a_tabby_and_regularization_smooths_it(tmp_p
     path = tmp_path / "ideal_tabby.png"
     files.write_png(path, result.uint8_images[0])
     saved = files.read_png(path)
-    probs = vis.class_probabilities(model, saved)[0]
+    probs = kt.class_probabilities(model, saved)[0]
     assert probs.argmax() == 281 and probs[281] >= 0.9, (probs.argmax(), probs[281])
     print(f"ideal tabby: p={probs[281]:.4f} in {seconds:.1f} s ({result.steps_per_second:.1f} steps/s)")
 

@@ -63,12 +63,11 @@ def render(model, class_names, seeds, folder: str, *, objective: str) -> tuple[l
 
 def score(rows, images, *, model, judge, class_names, groups) -> None:
     """Adds the model's p(class) and the judge's group masses (and top ImageNet class) to every row."""
-    from keras_transfer import imagenet
-    from keras_transfer import visualization as vis
+    from keras_transfer import imagenet, models
 
     images = np.stack(images)
-    own = vis.class_probabilities(model, images)
-    judged = vis.class_probabilities(judge, images)
+    own = models.class_probabilities(model, images)
+    judged = models.class_probabilities(judge, images)
     masses = imagenet.group_mass(judged, groups)
     names = imagenet.class_names()
     for i, row in enumerate(rows):
@@ -95,14 +94,13 @@ def aggregate(rows, class_names) -> list[dict]:
 
 def reference(judge, args, *, image_size: int, resize: str, class_names, groups) -> list[dict]:
     """The judge's group masses on the real held-out photos of each class (mean and standard error)."""
-    from keras_transfer import evaluation, imagenet
-    from keras_transfer import visualization as vis
+    from keras_transfer import evaluation, imagenet, models
 
     images, labels = _common.validation_images(
         args.data_dir, image_size=image_size, resize=resize, val_split=args.val_split, seed=args.split_seed,
         class_names=class_names,
     )
-    masses = imagenet.group_mass(vis.class_probabilities(judge, images), groups)
+    masses = imagenet.group_mass(models.class_probabilities(judge, images), groups)
     table = []
     for index, name in enumerate(class_names):
         keep = labels == index

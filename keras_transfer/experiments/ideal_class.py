@@ -37,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer import files, naming, run_folder
+from keras_transfer import files, models, naming, run_folder
 from keras_transfer import settings as settings_lib
 from keras_transfer import visualization as vis
 from keras_transfer.experiments import _cli
@@ -143,7 +143,7 @@ def _save_images(output_dir: str, result: vis.VisualizationResult) -> list[str]:
 
 def _measure(model, names: Sequence[str], result: vis.VisualizationResult, paths, saved: np.ndarray) -> list[dict]:
     """Per class: the probabilities and total variation of the saved image, and the final loss terms."""
-    probabilities = vis.class_probabilities(model, saved)
+    probabilities = models.class_probabilities(model, saved)
     saved_tv = vis.total_variation(saved.astype(np.float32) / 255.0).numpy()
     per_class = []
     for i, (target, name, path) in enumerate(zip(result.targets, result.class_names, paths)):
