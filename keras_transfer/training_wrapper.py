@@ -78,10 +78,17 @@ class ClassifierTrainer(keras.Model):
 
         The optimizer's step is restored with the optimizer, so a resumed
         run gets the seeds of an uninterrupted one; it does not move while
-        validating, so validation draws from a stream of its own.
+        validating, so validation draws from a stream of its own. Under a
+        strategy with several replicas, each replica folds its index into
+        the seed: their parts of the batch get draws of their own, not
+        copies of one another's.
         """
         step = tf.cast(self.optimizer.iterations, tf.int32)
-        return tf.stack([tf.constant(stream % MAX_SEED, tf.int32), step])
+        seed = tf.stack([tf.constant(stream % MAX_SEED, tf.int32), step])
+        if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+            return seed
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica, tf.int32))
 
     def update_loss(self, metric: keras.metrics.Metric, loss: tf.Tensor, images: tf.Tensor) -> None:
         """Adds a batch's `compute_loss` value to the mean `metric` as Keras' own steps do.

@@ -145,8 +145,12 @@ def test_two_replicas_log_and_learn_as_one_device(backbone_weights):
                                   verbose=0).history
             runs[name] = (history, [w.numpy() for w in model.weights])
         (one, weights_one), (two, weights_two) = runs["one"], runs["two"]
+        # Each replica draws its own random starts: the seeds of its part of a batch differ.
+        seeds = strategy.run(lambda: wrapper.step_seed(7))
+        seeds = [s.numpy().tolist() for s in strategy.experimental_local_results(seeds)]
         print("RESULT" + json.dumps({{
             "logs": {{k: [one[k], two[k]] for k in one}},
+            "seeds": seeds,
             "weights": max(float(np.max(np.abs(a - b))) for a, b in zip(weights_one, weights_two)),
             "moved": max(float(np.max(np.abs(a - b))) for a, b in zip(weights_one, [w.numpy() for w in
                          models_lib.build_classifier("mobilenet", num_classes=3, image_size=32, alpha=0.25,
@@ -164,3 +168,4 @@ def test_two_replicas_log_and_learn_as_one_device(backbone_weights):
         np.testing.assert_allclose(two, one, rtol=1e-4, err_msg=key)
     assert result["moved"] > 1e-3  # the step changed the weights, and both runs the same way
     assert result["weights"] < 1e-4
+    assert len(result["seeds"]) == 2 and result["seeds"][0] != result["seeds"][1]
