@@ -152,8 +152,10 @@ def fit_temperature(logits, labels, *, tolerance: float = 1e-6) -> float:
         tolerance: width of the final interval of `log T`. Defaults to `1e-6`.
 
     Raises:
-        ValueError: no images, or shapes that do not match.
+        ValueError: no images, shapes that do not match, or a `tolerance`
+            that is not a positive number.
     """
+    tolerance = settings_lib.Real(min=0, min_open=True).check("tolerance", tolerance)
     logits = np.asarray(logits, dtype=np.float64)
     logits_checked, labels = _checked(logits, labels)
     if not len(labels):
@@ -164,7 +166,9 @@ def fit_temperature(logits, labels, *, tolerance: float = 1e-6) -> float:
     lo, hi = _LOG_T_RANGE
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = (_nll(logits_checked, labels, math.exp(v)) for v in (a, b))
-    while hi - lo > tolerance:
+    width = math.inf
+    while tolerance < hi - lo < width:  # or until float64 can narrow the interval no further
+        width = hi - lo
         if fa <= fb:
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)

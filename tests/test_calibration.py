@@ -55,6 +55,26 @@ def test_fitted_temperature_undoes_a_known_scaling_and_keeps_predictions():
     np.testing.assert_array_equal((logits / 2.7).argmax(1), logits.argmax(1))
 
 
+def test_fit_temperature_stops_at_float_precision_and_names_a_bad_tolerance(monkeypatch):
+    logits, labels = sampled(200, seed=2)
+    default = calibration.fit_temperature(logits, labels)
+    nll, calls = calibration._nll, []
+
+    def counted(*args):  # turns a search that never ends into a failure
+        calls.append(1)
+        if len(calls) > 1000:
+            raise RuntimeError("fit_temperature did not stop after 1000 evaluations")
+        return nll(*args)
+
+    monkeypatch.setattr(calibration, "_nll", counted)
+    # A width of log(T) below float64's resolution: stop where the interval stops shrinking.
+    assert calibration.fit_temperature(logits, labels, tolerance=1e-300) == pytest.approx(default, rel=1e-5)
+    for tolerance in (0, -1.0, float("nan")):
+        calls.clear()
+        with pytest.raises(ValueError, match=rf"Received: tolerance={tolerance!r}$"):
+            calibration.fit_temperature(logits, labels, tolerance=tolerance)
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="Received: 0 images"):
         calibration.fit_temperature(np.zeros((0, 3)), np.zeros(0))
