@@ -66,6 +66,8 @@ def _input_size(model: keras.Model, image_size: int | None) -> int:
 
 def _archive(model: keras.Model, size: int, *, resize: str | None) -> keras.export.ExportArchive:
     """An `ExportArchive` of `model` with the pixel signature, and the bytes one when `resize` is given."""
+    # A final softmax is dropped: `logits` are logits, `probabilities` not a second softmax.
+    model = models_lib.as_logits_model(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
 
@@ -112,7 +114,8 @@ def export_saved_model(
 
     Args:
         model: a classifier from RGB [0, 255] images to logits (any model
-            built by this package).
+            built by this package; a final softmax layer is dropped, see
+            `keras_transfer.models.as_logits_model`).
         path: the SavedModel folder; an earlier export there is replaced,
             anything else is refused.
         image_size: side of the squares images are resized to; must be the
@@ -128,12 +131,14 @@ def export_saved_model(
 
     Raises:
         FileExistsError: `path` exists and is not a SavedModel folder.
-        ValueError: a bad `image_size` or `resize`, or a model without a
-            square RGB input and one logits output.
+        ValueError: an empty `path`, a bad `image_size` or `resize`, or a
+            model without a square RGB input and one logits output.
     """
     size = _input_size(model, image_size)
     data_lib.check_resize_args(size, resize)
     path = os.fspath(path)
+    if not path:  # would be the current folder, which the export would replace
+        raise ValueError(f"Expected path to be the SavedModel folder. Received: path={path!r}")
     _check_destination(path)  # before the (slow) tracing
     archive = _archive(model, size, resize=resize)
     _check_destination(path)

@@ -294,7 +294,9 @@ def _model_and_names(model, class_names) -> tuple[keras.Model, tuple[str, ...]]:
         model = models_lib.load_model(path)
     if not isinstance(model, keras.Model):
         raise TypeError(f"Expected a keras.Model or the path of a .keras file. Received: model={model!r}")
-    models_lib.as_logits_model(model)  # checks: one (batch, num_classes) output
+    # Checks: one (batch, num_classes) output; a final softmax is dropped, so
+    # `Predictions.logits` are logits and `probabilities` not a second softmax.
+    model = models_lib.as_logits_model(model)
     num_classes = int(model.outputs[0].shape[-1])
     if class_names is None:
         return model, tuple(classes_lib.class_names_for_model(path, num_classes))
@@ -401,7 +403,9 @@ def predict(
 
     Args:
         model: a classifier from RGB [0, 255] images to logits (any model
-            built by this package), or the path of a saved `.keras` model.
+            built by this package; a final softmax layer is dropped, see
+            `keras_transfer.models.as_logits_model`), or the path of a saved
+            `.keras` model.
         images_or_dir: a folder (searched recursively, see the module
             docstring), an image file, a sequence of image files, a
             `LoadedImages`, or an array `(n, size, size, 3)` of pixels in

@@ -142,3 +142,52 @@ def test_real_photos_exports_match_the_imagenet_classifier(tmp_path, shared_data
     ]
     model = kt.build_imagenet_classifier("mobilenet", alpha=0.25)
     _check_parity(model, photos, tmp_path, resize="stretch", tflite=True)
+
+
+def test_exports_of_a_model_ending_in_softmax_give_its_probabilities(tmp_path, tiny_model, rng):
+    """A classifier whose last layer is a softmax: `logits` are its pre-softmax values, `probabilities` its outputs."""
+    import keras
+
+    from keras_transfer import export
+
+    with_softmax = keras.Model(tiny_model.input, keras.layers.Activation("softmax")(tiny_model.output))
+    pixels = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    expected = np.asarray(tiny_model.predict(pixels.astype("float32"), verbose=0))
+    saved = export.export_saved_model(with_softmax, tmp_path / "saved")
+    served = export.saved_model_outputs(saved, pixels, signature=export.PIXELS_SIGNATURE)
+    np.testing.assert_allclose(served["logits"], expected, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        served["probabilities"], with_softmax.predict(pixels.astype("float32"), verbose=0), atol=TOLERANCE, rtol=0
+    )
+
+
+def test_export_command_checks_the_logits_of_a_model_ending_in_softmax(tmp_path, tiny_model, capsys):
+    """export.json's logit difference compares logits with logits, also for a model that ends in a softmax."""
+    import keras
+
+    from keras_transfer import models
+    from keras_transfer.experiments import export as export_command
+
+    with_softmax = keras.Model(tiny_model.input, keras.layers.Softmax()(tiny_model.output))
+    models.save_model(with_softmax, tmp_path / "model.keras")
+    argv = ["--model", str(tmp_path / "model.keras"), "--output-dir", str(tmp_path / "out"), "--no-tflite"]
+    assert export_command.main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert summary["max_logit_difference"] == {"saved_model": pytest.approx(0.0, abs=TOLERANCE)}
+
+
+def test_saved_model_export_to_an_empty_path_is_refused(tmp_path, tiny_model, monkeypatch):
+    """`path=""` is no folder: refused, not the current folder replaced (and its files deleted) by the export."""
+    from keras_transfer import export, files
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path / "work")
+    with pytest.raises(ValueError, match=r"Received: path=''"):
+        export.export_saved_model(tiny_model, "")
+    # The atomic folder write itself refuses the current folder and those above it.
+    for path in ("", ".", "..", str(tmp_path)):
+        with pytest.raises(ValueError, match="not the current folder or one above it"):
+            with files.atomic_dir(path):
+                pass
+    assert os.listdir(tmp_path / "work") == ["notes.txt"]

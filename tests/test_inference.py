@@ -243,3 +243,19 @@ def test_imagenet_classifier_names_cat_photos(shared_data):
     predictions = inference.predict(kt.build_imagenet_classifier("mobilenet", alpha=0.25), paths, top_k=5)
     cats = {"tabby", "tiger_cat", "Persian_cat", "Siamese_cat", "Egyptian_cat"}
     assert sum(bool(cats & set(names)) for names in predictions.top_k_names) >= 6, predictions.top_k_names
+
+
+def test_predict_on_a_model_ending_in_softmax_gives_its_probabilities(photo_folder, tiny_run):
+    """A classifier whose last layer is a softmax: `probabilities` are its outputs, not a second softmax of them."""
+    import keras
+
+    from keras_transfer import inference
+
+    model = _load(tiny_run)
+    with_softmax = keras.Model(model.input, keras.layers.Softmax()(model.output))
+    loaded = inference.load_images(os.path.join(photo_folder, "blue"), image_size=IMAGE_SIZE)
+    expected = np.asarray(with_softmax.predict(loaded.images, verbose=0))
+    predictions = inference.predict(with_softmax, loaded, class_names=CLASSES, top_k=3)
+    np.testing.assert_allclose(predictions.probabilities, expected, atol=1e-5)
+    # The logits are the model's pre-softmax values, the same as the model without its softmax.
+    np.testing.assert_allclose(predictions.logits, model.predict(loaded.images, verbose=0), atol=1e-5)

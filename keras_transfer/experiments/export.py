@@ -78,7 +78,9 @@ def _max_differences(model, saved_model: str, tflite: str | None) -> dict[str, f
     """Largest absolute logit difference of each export from the Keras model, on random pixels."""
     size = models_lib.image_size_of(model)
     pixels = np.random.default_rng(0).integers(0, 256, size=(_CHECK_IMAGES, size, size, 3), dtype=np.uint8)
-    expected = np.asarray(model.predict(pixels.astype(np.float32), verbose=0), dtype=np.float32)
+    # The exports' logits drop a final softmax (`as_logits_model`): compare them with the model's logits.
+    logits_model = models_lib.as_logits_model(model)
+    expected = np.asarray(logits_model.predict(pixels.astype(np.float32), verbose=0), dtype=np.float32)
     served = export_lib.saved_model_outputs(saved_model, pixels, signature=export_lib.PIXELS_SIGNATURE)
     differences = {"saved_model": float(np.abs(served["logits"] - expected).max())}
     if tflite is not None:
