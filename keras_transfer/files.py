@@ -55,8 +55,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
     A kill at any instant leaves the previous `path` (or none) or the new
     one, never half of one; the temporary names match `is_temporary`. The
     caller decides whether an existing `path` may be replaced.
+
+    Raises:
+        ValueError: `path` is empty, or the current folder or one above it
+            (replacing it would delete the folder the process works in).
     """
-    path = os.path.abspath(os.fspath(path))
+    given = os.fspath(path)
+    path = os.path.abspath(given)
+    if not given or os.path.commonpath([path, os.getcwd()]) == path:
+        raise ValueError(
+            f"Expected a folder to write, not the current folder or one above it. Received: path={given!r}"
+        )
     parent, name = os.path.dirname(path), os.path.basename(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
