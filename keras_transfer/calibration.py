@@ -31,6 +31,8 @@ from keras_transfer import settings as settings_lib
 DEFAULT_BINS = 15  # as Guo et al. 2017
 # The search interval of log(T): T from e^-4 (sharpen 55x) to e^4 (flatten 55x).
 _LOG_T_RANGE = (-4.0, 4.0)
+# A fitted log(T) this close to an end of the range is "at the limit" (see `at_search_limit`).
+_AT_LIMIT = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +180,18 @@ def fit_temperature(logits, labels, *, tolerance: float = 1e-6) -> float:
             b = lo + ratio * (hi - lo)
             fb = _nll(logits_checked, labels, math.exp(b))
     return float(math.exp((lo + hi) / 2.0))
+
+
+def at_search_limit(temperature: float) -> bool:
+    """Whether a `fit_temperature` result lies at an end of its search range.
+
+    There the loss was still falling: the held-out images give no bound.
+    Typically every one of them is classified right, and the cross-entropy
+    only keeps asking for more confidence (`T -> 0`); applying the limit
+    would make the model about 55 times more confident on that evidence.
+    """
+    log_t = math.log(temperature)
+    return min(abs(log_t - limit) for limit in _LOG_T_RANGE) < _AT_LIMIT
 
 
 def apply_temperature(model: keras.Model, temperature: float, *, layer: str = "logits") -> None:

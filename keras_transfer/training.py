@@ -1029,7 +1029,9 @@ def _calibrate(ctx: _Context, model: keras.Model, evaluations: dict[str, Evaluat
     """With `calibrate`, folds a temperature fitted on validation into the model.
 
     The evaluations of the calibrated model are derived from the ones made
-    (logits / T), not recomputed.
+    (logits / T), not recomputed. A temperature at the end of the search
+    range is not applied (`calibration.at_search_limit`); metrics.json says
+    why under `not_applied`.
 
     Returns:
         `(evaluations of the model as saved, the "calibration" of metrics.json)`.
@@ -1038,13 +1040,20 @@ def _calibrate(ctx: _Context, model: keras.Model, evaluations: dict[str, Evaluat
     if ctx.config.calibrate:
         val = evaluations["val"]
         temperature = calibration_lib.fit_temperature(val.logits, val.labels)
-        calibration_lib.apply_temperature(model, temperature)
-        info.update(temperature=temperature, fitted_on="val",
-                    before={n: {"ece": e.reliability.ece, "loss": e.loss} for n, e in evaluations.items()},
-                    val_reliability_before=val.reliability.to_dict())
-        evaluations = {n: e.with_temperature(temperature) for n, e in evaluations.items()}
-        ctx.say(f"Calibrated: temperature {temperature:.3f}; validation ECE {val.reliability.ece:.4f} -> "
-                f"{evaluations['val'].reliability.ece:.4f} (fitted on these images)")
+        if calibration_lib.at_search_limit(temperature):
+            info["not_applied"] = (
+                f"the validation loss falls all the way to T = {temperature:.3g}, the end of the search range "
+                f"({val.accuracy:.1%} of the {len(val.labels)} validation images right): no bound on the confidence"
+            )
+            ctx.say(f"Not calibrated: {info['not_applied']}. The model is saved as trained.")
+        else:
+            calibration_lib.apply_temperature(model, temperature)
+            info.update(temperature=temperature, fitted_on="val",
+                        before={n: {"ece": e.reliability.ece, "loss": e.loss} for n, e in evaluations.items()},
+                        val_reliability_before=val.reliability.to_dict())
+            evaluations = {n: e.with_temperature(temperature) for n, e in evaluations.items()}
+            ctx.say(f"Calibrated: temperature {temperature:.3f}; validation ECE {val.reliability.ece:.4f} -> "
+                    f"{evaluations['val'].reliability.ece:.4f} (fitted on these images)")
     if "val" in evaluations:
         info["val_reliability"] = evaluations["val"].reliability.to_dict()
     return evaluations, info

@@ -117,3 +117,32 @@ def test_top_k_accuracy_and_summary():
     scaled = result.with_temperature(2.0)
     np.testing.assert_allclose(scaled.logits, logits / 2.0)
     assert scaled.accuracy == result.accuracy and scaled.loss != result.loss
+
+
+def test_a_temperature_at_the_end_of_the_range_is_not_applied():
+    """Every validation image right: the loss only asks for more confidence, so the model stays as trained."""
+    import types
+
+    import keras
+
+    from keras_transfer import training
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    logits = rng.normal(0, 1, (60, 3)).astype(np.float32)
+    logits[np.arange(60), labels] += 4.0  # every image right, with some margin
+    assert calibration.at_search_limit(calibration.fit_temperature(logits, labels))  # T = e^-4: 55x sharper
+    noisy, noisy_labels = sampled(200, seed=2)
+    assert not calibration.at_search_limit(calibration.fit_temperature(noisy, noisy_labels))
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(inputs))
+    kernel = model.get_layer("logits").kernel.numpy()
+    said = []
+    ctx = types.SimpleNamespace(config=types.SimpleNamespace(calibrate=True), say=said.append)
+    val = evaluation.Evaluation(logits=logits, labels=labels, class_names=("a", "b", "c"))
+    evaluations, info = training._calibrate(ctx, model, {"val": val})
+    np.testing.assert_array_equal(model.get_layer("logits").kernel.numpy(), kernel)
+    assert evaluations["val"] is val and info["temperature"] is None and info["fitted_on"] is None
+    assert "100.0% of the 60 validation images right" in info["not_applied"]
+    assert said and said[0].startswith("Not calibrated")
