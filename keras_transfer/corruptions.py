@@ -511,7 +511,8 @@ class CorruptionResult:
         }
 
 
-def _check_names(corruptions) -> tuple[str, ...]:
+def check_names(corruptions) -> tuple[str, ...]:
+    """The corruption names asked for (`None`: all; one name or several), checked, without repeats."""
     if corruptions is None:
         return tuple(CORRUPTIONS)
     if isinstance(corruptions, str):
@@ -522,7 +523,8 @@ def _check_names(corruptions) -> tuple[str, ...]:
     return names
 
 
-def _check_severities(severities) -> tuple[int, ...]:
+def check_severities(severities) -> tuple[int, ...]:
+    """The severities asked for (one or several), checked, sorted, without repeats."""
     if isinstance(severities, (int, np.integer)):
         severities = (severities,)
     checked = tuple(sorted(set(check_severity(s) for s in severities)))
@@ -652,7 +654,7 @@ def corruption_accuracy(
             the model's classes, no images.
     """
     start = time.perf_counter()
-    names, severities = _check_names(corruptions), _check_severities(severities)
+    names, severities = check_names(corruptions), check_severities(severities)
     _BATCH_SIZE.check("batch_size", batch_size)
     seed = _SEED.check("seed", seed)
     examples = _examples(model, data, labels)

@@ -259,6 +259,8 @@ def test_figures():
     assert isinstance(examples, Figure) and len(examples.axes) == 2 * 3
     with pytest.raises(ValueError, match="Received: severity=9"):
         plot_corruption_examples(_photo(32), severities=(9,))
+    # One name, as corruption_accuracy takes it (it was split into letters: "Unknown corruption 'c'").
+    assert len(plot_corruption_examples(_photo(32), severities=3, corruptions="contrast").axes) == 1 * 2
 
 
 # ---------------------------------------------------------------------------

@@ -77,8 +77,8 @@ def plot_corruption_examples(
     Args:
         image: uint8 (or [0, 255] float) `(h, w, 3)`, e.g. at a model's
             input size.
-        corruptions: names of `keras_transfer.corruptions.CORRUPTIONS`.
-            Defaults to `None` (all).
+        corruptions: names of `keras_transfer.corruptions.CORRUPTIONS`, or
+            one name. Defaults to `None` (all).
         severities: severities from 1 to 5 (columns after the clean image).
             Defaults to `(1, 2, 3, 4, 5)`.
         seed: seed of the noise. Defaults to `0`.
@@ -89,10 +89,7 @@ def plot_corruption_examples(
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"Expected one RGB image (h, w, 3). Received: an array of shape {image.shape}")
-    names = list(corruptions) if corruptions is not None else list(corruptions_lib.CORRUPTIONS)
-    severities = [corruptions_lib.check_severity(s) for s in severities]
-    for name in names:
-        corruptions_lib.check_name(name)
+    names, severities = corruptions_lib.check_names(corruptions), corruptions_lib.check_severities(severities)
     clean = np.clip(np.round(image.astype(np.float64)), 0, 255).astype(np.uint8)
     fig = Figure(figsize=(1.7 * (len(severities) + 1), 1.8 * len(names) + 0.4), layout="constrained")
     axes = fig.subplots(len(names), len(severities) + 1, squeeze=False)
