@@ -27,6 +27,9 @@ from keras_transfer.errors import CorruptFileError
 def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[str]:
     """Yields a temporary path to write; renamed to `path` when the block succeeds.
 
+    Missing parent folders are made first (as `atomic_dir` does), so a slow
+    writer does not fail at the end for want of a folder.
+
     Args:
         path: the destination.
         suffix: the temporary file's extension (some writers check it, e.g.
@@ -34,6 +37,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     name = os.path.basename(path)
     if suffix is None:
         suffix = _extension(name)

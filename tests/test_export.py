@@ -176,7 +176,7 @@ def test_export_command_checks_the_logits_of_a_model_ending_in_softmax(tmp_path,
     assert summary["max_logit_difference"] == {"saved_model": pytest.approx(0.0, abs=TOLERANCE)}
 
 
-def test_saved_model_export_to_an_empty_path_is_refused(tmp_path, tiny_model, monkeypatch):
+def test_exports_refuse_the_working_folder_and_writes_make_missing_folders(tmp_path, tiny_model, monkeypatch):
     """`path=""` is no folder: refused, not the current folder replaced (and its files deleted) by the export."""
     from keras_transfer import export, files
 
@@ -191,3 +191,7 @@ def test_saved_model_export_to_an_empty_path_is_refused(tmp_path, tiny_model, mo
             with files.atomic_dir(path):
                 pass
     assert os.listdir(tmp_path / "work") == ["notes.txt"]
+    # A file written into folders that do not exist yet gets them (export_tflite failed after converting).
+    written = tmp_path / "new" / "nested" / "x.json"
+    files.write_json(written, {"a": 1})
+    assert files.read_json(written, what="test") == {"a": 1}
