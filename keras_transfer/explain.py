@@ -51,6 +51,7 @@ import tensorflow as tf
 
 from keras_transfer import models as models_lib
 from keras_transfer import settings
+from keras_transfer.layers import InferenceBackbone
 from keras_transfer.settings import Choice, Flag, Int, Optional, Real, Text, setting
 
 METHODS = ("gradcam", "gradcam_pp", "gradients", "smoothgrad", "integrated_gradients", "occlusion")
@@ -118,6 +119,7 @@ class ExplainConfig:
 
     def __post_init__(self):
         settings.validate(self)
+        _check_occlusion_stride(self.occlusion_stride, self.occlusion_window)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -190,8 +192,12 @@ class Explanation:
 
 def _scope(model: keras.Model) -> keras.Model:
     """The model whose layers are searched: the backbone of a keras_transfer model, else the model."""
-    names = [layer.name for layer in model.layers]
-    return models_lib.get_backbone(model) if models_lib.BACKBONE_NAME in names else model
+    # As models.find_layer decides: a keras_transfer classifier's backbone is an InferenceBackbone, and a plain
+    # nested model that happens to be named "backbone" is one layer of a flat model.
+    wrapped = any(
+        layer.name == models_lib.BACKBONE_NAME and isinstance(layer, InferenceBackbone) for layer in model.layers
+    )
+    return models_lib.get_backbone(model) if wrapped else model
 
 
 def find_last_conv_layer(model: keras.Model) -> str:
@@ -244,10 +250,12 @@ def activation_model(model: keras.Model, layer: str | int) -> keras.Model:
             f"Received: layer={chosen.name!r} with output shape {shape}"
         )
     scope = _scope(model)
+    # A nested model's `output` is that of its own graph; the tensor of the graph searched is its first call's.
+    called = chosen._inbound_nodes[0].output_tensors[0] if isinstance(chosen, keras.Model) else chosen.output
     if scope is model:
-        return keras.Model(model.inputs, [chosen.output, model.outputs[0]], name=f"{model.name}_cam")
+        return keras.Model(model.inputs, [called, model.outputs[0]], name=f"{model.name}_cam")
     wrapper = model.get_layer(models_lib.BACKBONE_NAME)
-    inner = keras.Model(scope.inputs, [chosen.output, scope.outputs[0]], name=f"{scope.name}_cam")
+    inner = keras.Model(scope.inputs, [called, scope.outputs[0]], name=f"{scope.name}_cam")
     before = keras.Model(model.inputs, wrapper.input, name=f"{model.name}_before_backbone")
     after = keras.Model(wrapper.output, model.outputs[0], name=f"{model.name}_after_backbone")
     inputs = keras.Input(shape=tuple(model.input_shape[1:]), name="image")
@@ -358,11 +366,12 @@ def _cam_step(cam_model: keras.Model, size: int, plus_plus: bool, jit: bool):
     def step(x, classes):
         with tf.GradientTape() as tape:
             activations, logits = cam_model(x, training=False)
-            activations = tf.cast(activations, tf.float32)
             chosen, score, probability = _pick(logits, classes)
             # Images are independent (inference mode): the sum's gradient is each image's own.
             total = tf.reduce_sum(score)
-        gradients = tape.gradient(total, activations)
+        # The gradient of the activations the logits were computed from (float16 under a mixed policy), then float32.
+        gradients = tf.cast(tape.gradient(total, activations), tf.float32)
+        activations = tf.cast(activations, tf.float32)
         cam = gradcam_weights(activations, gradients, plus_plus=plus_plus)
         return _normalize(_upsample(cam, size)), _normalize(cam), chosen, probability
 
@@ -496,6 +505,14 @@ def _normalize_np(maps: np.ndarray) -> np.ndarray:
     return _normalize(tf.constant(maps, tf.float32)).numpy()
 
 
+def _check_occlusion_stride(stride: int, window: int) -> None:
+    if stride > window:
+        raise ValueError(
+            "Expected occlusion_stride <= occlusion_window (a longer stride leaves pixels never occluded). "
+            f"Received: occlusion_stride={stride}, occlusion_window={window}"
+        )
+
+
 def occlusion_masks(size: int, *, window: int, stride: int) -> np.ndarray:
     """`(P, size, size)` float32 masks of the occluding squares, covering every pixel.
 
@@ -505,6 +522,7 @@ def occlusion_masks(size: int, *, window: int, stride: int) -> np.ndarray:
     """
     if window > size:
         raise ValueError(f"Expected occlusion_window <= the image size {size}. Received: occlusion_window={window}")
+    _check_occlusion_stride(stride, window)
     starts = list(range(0, size - window + 1, stride))
     if starts[-1] != size - window:
         starts.append(size - window)

@@ -124,6 +124,37 @@ def test_a_named_layer_is_used_and_a_wrong_name_suggests_close_ones(tiny_model):
         ex.Explainer(tiny_model, config=ex.ExplainConfig(layer="conv_pw_11_rel")).layer
 
 
+@pytest.mark.parametrize("name", ["base_model", "backbone"])
+def test_gradcam_of_a_keras_model_around_a_nested_base_model(name):
+    """The usual Keras transfer-learning model, `Dense(GAP(base_model(inputs)))`: the default layer is the nested
+    model, whose own `output` belongs to its inner graph (it crashed: "Output ... is not connected to inputs"). Only a
+    keras_transfer classifier's InferenceBackbone is searched inside, as models.find_layer does: a plain model named
+    "backbone" was searched for the layer, which was then not found outside ("no layer 'conv2d'")."""
+    keras.utils.set_random_seed(0)
+    inner_input = keras.Input((32, 32, 3))
+    features = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(keras.layers.Rescaling(1 / 255)(inner_input))
+    base = keras.Model(inner_input, features, name=name)
+    inputs = keras.Input((32, 32, 3))
+    head = keras.layers.Dense(3, kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=1))
+    model = keras.Model(inputs, head(keras.layers.GlobalAveragePooling2D()(base(inputs))))
+    images = photos(2, seed=12, size=32)
+    result = ex.explain(model, images, method="gradcam", classes=[0, 1])
+    assert result.layer == name and result.layer_maps.shape == (2, 15, 15) and result.maps.shape == (2, 32, 32)
+    # The same map by hand, from the base model's output.
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        activations = base(images)
+        tape.watch(activations)
+        logits = head(tf.reduce_mean(activations, axis=(1, 2)))
+        score = tf.reduce_sum(tf.gather(logits, [0, 1], axis=1, batch_dims=1))
+    gradients = tape.gradient(score, activations)
+    cam = tf.nn.relu(tf.reduce_sum(activations * tf.reduce_mean(gradients, axis=(1, 2), keepdims=True), -1)).numpy()
+    assert np.all(np.ptp(cam, axis=(1, 2)) > 0)
+    cam = (cam - cam.min(axis=(1, 2), keepdims=True)) / np.ptp(cam, axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(result.layer_maps, cam, atol=1e-4)
+
+
 def smooth_model(size: int = 32) -> keras.Model:
     """A small flat convnet with smooth activations: the midpoint rule converges fast along its paths.
 
@@ -139,6 +170,25 @@ def smooth_model(size: int = 32) -> keras.Model:
     x = keras.layers.GlobalAveragePooling2D()(x)
     head = keras.layers.Dense(3, kernel_initializer=keras.initializers.RandomNormal(stddev=3.0, seed=1))
     return keras.Model(inputs, head(x))
+
+
+def test_gradcam_of_a_mixed_precision_model_matches_its_float32_twin():
+    """Under a mixed policy the layer's activations are float16: the map must be the float32 model's (it crashed:
+    the gradient was asked of a float32 copy of the activations, which the logits do not depend on)."""
+    images = photos(2, seed=11, size=32)
+    reference = smooth_model()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = smooth_model()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    mixed.set_weights(reference.get_weights())
+    for method in ex.CAM_METHODS:
+        expected = ex.explain(reference, images, method=method, classes=[0, 2])
+        result = ex.explain(mixed, images, method=method, classes=[0, 2])
+        assert result.maps.dtype == np.float32 and result.layer_maps.shape == expected.layer_maps.shape == (2, 14, 14)
+        np.testing.assert_allclose(result.layer_maps, expected.layer_maps, atol=0.02, err_msg=method)
+        np.testing.assert_allclose(result.maps, expected.maps, atol=0.02, err_msg=method)
 
 
 def test_integrated_gradients_add_up_to_the_logit_difference():
@@ -174,6 +224,17 @@ def test_occlusion_finds_the_only_region_the_model_looks_at():
     # Windows that reach the region start before row/column 16, so they cover pixels < 23 only.
     assert np.all(maps[:, 23:, :] == 0.0) and np.all(maps[:, :, 23:] == 0.0)
     assert np.all(maps[:, 4:12, 4:12] > 0.9)
+
+
+def test_occlusion_with_gaps_between_windows_is_refused():
+    """A stride longer than the window leaves pixels never occluded: their map was 0 / 0, and the NaNs made the
+    whole map silently 0."""
+    # Refused where the settings are made, before any method computes anything.
+    with pytest.raises(ValueError, match=r"occlusion_stride <= occlusion_window.*Received: occlusion_stride=16"):
+        ex.ExplainConfig(occlusion_window=8, occlusion_stride=16)
+    with pytest.raises(ValueError, match=r"Received: occlusion_stride=9, occlusion_window=8"):
+        ex.occlusion_masks(32, window=8, stride=9)
+    assert ex.occlusion_masks(32, window=8, stride=8).sum(axis=0).min() == 1.0
 
 
 def test_deletion_of_a_perfect_map_falls_faster_than_a_random_one():
