@@ -154,9 +154,9 @@ class FeatureStandardization(keras.layers.Layer):
         """Sets mean and standard deviation from `(n, dim)` features."""
         import numpy as np
 
-        features = np.asarray(features, dtype="float64").reshape(len(features), -1)
         if len(features) == 0:
             raise ValueError("Expected at least one feature vector to compute statistics from. Received: 0")
+        features = np.asarray(features, dtype="float64").reshape(len(features), -1)
         std = features.std(axis=0)
         std[std < self.epsilon] = 1.0
         self.mean.assign(features.mean(axis=0).astype("float32"))
@@ -207,20 +207,32 @@ def build_augmentation(
     for arg, value in (("rotation", rotation), ("zoom", zoom), ("contrast", contrast)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"Expected 0 <= {arg} < 1. Received: {arg}={value!r}")
+    # Each layer draws from a seed of its own: with one seed they would all
+    # make the same uniform draw (every flipped image also rotated one way,
+    # zoomed in and lower in contrast). float32 whatever the global policy,
+    # so mixed precision does not round the pixels (as ImagePreprocessing).
+    def layer_seed(index: int) -> int | None:
+        return None if seed is None else seed + index
+
+    common = {"dtype": "float32"}
     layers: list[keras.layers.Layer] = []
     if flip:
-        layers.append(keras.layers.RandomFlip(flip, seed=seed, name="random_flip"))
+        layers.append(keras.layers.RandomFlip(flip, seed=layer_seed(0), name="random_flip", **common))
     if rotation:
         layers.append(
-            keras.layers.RandomRotation(rotation, fill_mode="reflect", seed=seed, name="random_rotation")
+            keras.layers.RandomRotation(
+                rotation, fill_mode="reflect", seed=layer_seed(1), name="random_rotation", **common
+            )
         )
     if zoom:
         layers.append(
-            keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=seed, name="random_zoom")
+            keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=layer_seed(2), name="random_zoom", **common)
         )
     if contrast:
         layers.append(
-            keras.layers.RandomContrast(contrast, value_range=(0, 255), seed=seed, name="random_contrast")
+            keras.layers.RandomContrast(
+                contrast, value_range=(0, 255), seed=layer_seed(3), name="random_contrast", **common
+            )
         )
     return keras.Sequential(layers, name=name)
 

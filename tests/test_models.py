@@ -340,3 +340,47 @@ def test_real_cat_photos_have_more_cat_than_dog_mass_for_imagenet_mobilenet(shar
     assert cats["cats"].mean() > cats["dogs"].mean() + 0.1  # 0.48 > 0.31
     assert dogs["dogs"].mean() > 0.8 > 0.05 > dogs["cats"].mean()  # 0.94, 0.01
     assert cats["cats"].mean() > 10 * dogs["cats"].mean()
+
+
+def test_seeded_augmentation_draws_each_transform_independently():
+    # One seed for the whole augmentation: each layer must still draw from a stream of its own, or every
+    # flipped image is also rotated clockwise, zoomed in and lower in contrast (the same uniform draw).
+    aug = kt.build_augmentation(seed=3)
+    batch = np.zeros((64, 8, 8, 3), "float32")
+    draws = {layer.name: layer.get_random_transformation(batch, training=True) for layer in aug.layers}
+    flips = np.asarray(draws["random_flip"]["flips"]).ravel()
+    angles = np.asarray(draws["random_rotation"]["angle"]).ravel()
+    zooms = np.asarray(draws["random_zoom"]["height_zoom"]).ravel()
+    contrasts = np.asarray(draws["random_contrast"]["contrast_factor"]).ravel()
+    assert 0 < flips.mean() < 1
+    assert not np.array_equal(flips, angles < 0)
+    assert abs(np.corrcoef(angles, zooms)[0, 1]) < 0.5
+    assert abs(np.corrcoef(angles, contrasts)[0, 1]) < 0.5
+    # Still a function of the seed.
+    again = kt.build_augmentation(seed=3)
+    np.testing.assert_array_equal(again(batch + 100.0, training=True), aug.__class__.from_config(
+        aug.get_config())(batch + 100.0, training=True))
+
+
+def test_augmentation_outputs_float32_pixels_under_mixed_precision(rng):
+    # As in build_classifier: the augmentation is the first layer of a functional model.
+    def augmented(x):
+        inputs = keras.Input(shape=x.shape[1:])
+        return keras.Model(inputs, kt.build_augmentation(seed=5)(inputs))(x, training=True)
+
+    x = images(rng, n=2, size=16)
+    expected = keras.ops.convert_to_numpy(augmented(x))
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        out = augmented(x)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_feature_statistics_of_no_features_say_so():
+    standardization = FeatureStandardization()
+    standardization.build((None, 5))
+    with pytest.raises(ValueError, match=r"at least one feature vector.*Received: 0"):
+        standardization.set_statistics(np.zeros((0, 5)))
