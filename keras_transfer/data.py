@@ -673,8 +673,9 @@ def decoded_images(
 ) -> tf.data.Dataset:
     """`(index into paths, image)` for every path that decodes, in path order or in `order` (indices)."""
     indices = np.arange(len(paths)) if order is None else np.asarray(order)
+    # As bytes: a name that is not UTF-8 (os.listdir gives it surrogate-escaped) is no valid tf.string text.
     files = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(indices, tf.int64), tf.constant([paths[i] for i in indices], tf.string)))
+        (tf.constant(indices, tf.int64), tf.constant([os.fsencode(paths[i]) for i in indices], tf.string)))
     return files.map(
         lambda i, path: (i, decode_and_resize(tf.io.read_file(path), image_size=image_size, resize=resize)),
         num_parallel_calls=AUTOTUNE,
@@ -685,7 +686,7 @@ def decoded_images(
 def _why_undecodable(path: str) -> str:
     """The error one skipped file gives, for the log."""
     try:
-        decode_image(tf.io.read_file(path))
+        decode_image(tf.io.read_file(os.fsencode(path)))
     except (tf.errors.OpError, ValueError) as error:
         message = getattr(error, "message", None) or str(error)
         # Drop TF's "{{function_node ...}}" prefix and " [Op:...]" suffix.
@@ -696,9 +697,14 @@ def _why_undecodable(path: str) -> str:
     return "decodes when read alone"  # e.g. it changed on disk meanwhile
 
 
+def _printable(text: str) -> str:
+    """`text` with the bytes of a name that is not UTF-8 (surrogate-escaped) spelled `\\xe9`, for any log or stream."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _log_listing(headline: str, lines: Sequence[str], total: int) -> None:
     more = f"\n  ... and {total - len(lines)} more" if total > len(lines) else ""
-    logger.warning("%s:\n%s%s", headline, "\n".join(f"  {line}" for line in lines), more)
+    logger.warning("%s:\n%s%s", headline, "\n".join(f"  {_printable(line)}" for line in lines), more)
 
 
 def log_skips(skipped: Sequence[str], *, root: str | None) -> None:
@@ -850,7 +856,7 @@ class _Progress:
     """Prints how far a pass is, every 10% of `total` and at least every `_PROGRESS_SECONDS`."""
 
     def __init__(self, total: int, what: str):
-        self.total, self.what = total, what
+        self.total, self.what = total, _printable(what)
         self.started = self.shown_at = time.perf_counter()
         self.shown = 0
 
@@ -949,23 +955,29 @@ def _file_pool(
     examples = decoded_images(paths, image_size=image_size, resize=resize, order=order).map(
         lambda i, image: (i, image, tf.gather(labels_t, i))
     )
-    key = "" if isinstance(cache, bool) else _cache_key(tag, image_size, resize, paths, order_seed=order_seed)
+    key = "" if isinstance(cache, bool) else _cache_key(
+        tag, image_size, resize, paths, labels=labels, order_seed=order_seed)
     pool = _fill_pool(examples, cache=cache, key=key, total=len(paths), what=what)
     kept = set(pool.indices.tolist())
     pool.skipped = [i for i in range(len(paths)) if i not in kept]
     return pool
 
 
-def _cache_key(tag: str, image_size: int, resize: str, paths: Sequence[str], *, order_seed: int | None = None) -> str:
+def _cache_key(
+    tag: str, image_size: int, resize: str, paths: Sequence[str], *, labels: Sequence[int],
+    order_seed: int | None = None,
+) -> str:
     if order_seed is not None:
         tag = f"{tag}-order{order_seed}"  # the file cache holds the images in that order
     digest = hashlib.sha1(f"{tag}|{image_size}|{resize}|decoder{_DECODER_VERSION}".encode())
+    # ... and their labels (the same Oxford files are breeds or species).
+    digest.update(np.asarray(labels, np.int32).tobytes())
     for path in paths:
         try:
             stat = os.stat(path)
-            digest.update(f"|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            digest.update(f"|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode(errors="surrogateescape"))
         except OSError:
-            digest.update(f"|{path}|missing".encode())
+            digest.update(f"|{path}|missing".encode(errors="surrogateescape"))
     return f"{tag}-{image_size}-{resize}-{digest.hexdigest()[:16]}"
 
 
@@ -1237,8 +1249,22 @@ def _check_class_folders(root: str, entries: Sequence[str], class_names: Sequenc
 def class_files(root: str, name: str) -> tuple[list[str], list[tuple[str, str]]]:
     """The image files under `root/name` (recursively, sorted) and the ignored `(path, why)`."""
     images, ignored = [], []
-    for folder, dirs, files in os.walk(os.path.join(root, name), followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+    top = os.path.join(root, name)
+    walked = {os.path.realpath(top)}
+    for folder, dirs, files in os.walk(top, followlinks=True):
+        here = os.path.realpath(folder)
+        kept = []
+        for d in sorted(d for d in dirs if not _is_hidden(d)):
+            real = os.path.realpath(os.path.join(folder, d))
+            # A link to a folder walked already, or above this one, would list
+            # the same files again (a loop: for ever).
+            if real in walked or os.path.commonpath([real, here]) == real:
+                logger.warning("Not following %s: it leads to %s, a folder listed already.",
+                               _printable(os.path.join(folder, d)), _printable(real))
+                continue
+            walked.add(real)
+            kept.append(d)
+        dirs[:] = kept
         for file in sorted(files):
             if _is_hidden(file):
                 continue
@@ -1305,7 +1331,7 @@ def _files_digest(root: str, splits: Sequence[tuple[Sequence[str], Sequence[int]
                 size = os.stat(path).st_size
             except OSError:
                 size = -1
-            digest.update(f"{os.path.relpath(path, root)}|{size}|{int(label)}\n".encode())
+            digest.update(f"{os.path.relpath(path, root)}|{size}|{int(label)}\n".encode(errors="surrogateescape"))
         digest.update(b"--\n")
     return digest.hexdigest()[:16]
 

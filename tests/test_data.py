@@ -306,6 +306,63 @@ def test_load_folder_reads_webp_files(tmp_path, caplog):
         np.testing.assert_allclose(image.reshape(-1, 3).mean(0), (BLUE, RED)[int(label)], atol=4)
 
 
+def test_file_names_that_are_not_utf8_are_read_and_reported(tmp_path, caplog):
+    # Linux allows any bytes in a name: os.listdir gives them surrogate-escaped
+    # ('caf\udce9.png'), which a tf.string cannot hold as text.
+    root = tmp_path / "latin1"
+    write_valid(root / "blue", BLUE)
+    write_valid(root / "red", RED)
+    red = os.fsencode(root / "red")
+    save(solid(RED), red + b"/caf\xe9.png")  # Latin-1 'café.png'
+    with open(red + b"/cass\xe9.jpg", "wb"):  # zero bytes: undecodable
+        pass
+    with open(red + b"/not\xe9s.txt", "wb"):
+        pass
+    good, bad = (os.path.join(os.fsdecode(red), os.fsdecode(n)) for n in (b"caf\xe9.png", b"cass\xe9.jpg"))
+    for cache in ("memory", str(tmp_path / "cache" / "latin1")):
+        with caplog.at_level("WARNING", logger="keras_transfer.data"):
+            loaded = data.load_folder(root, image_size=16, val_split=0.0, cache=cache)
+        report = loaded.report
+        assert report.used["train"] == 17 and report.per_class["red"]["train"] == 9
+        assert report.skipped_files == [os.path.relpath(bad, root)]
+        assert report.ignored_files == [os.path.join("red", os.fsdecode(b"not\xe9s.txt"))]
+        assert report.found == 17 + 1 + 1 and len(report.files_digest) == 16
+        images, labels = as_arrays(loaded.train)
+        for image, label in zip(images, labels):
+            np.testing.assert_allclose(image.reshape(-1, 3).mean(0), (BLUE, RED)[int(label)], atol=4)
+        import json
+
+        json.dumps(report.to_dict())
+    # The skip's reason is the file's own, not one about its name, which the
+    # log spells with its byte (a log file or pipe in UTF-8 cannot take a surrogate).
+    assert "converting unicode" not in caplog.text
+    assert os.path.join("red", "cass\\xe9.jpg") + ": " in caplog.text and "\udce9" not in caplog.text
+    images, kept, skipped = data.load_image_files([good, bad], image_size=16)
+    assert kept == [good] and skipped == [bad] and images.shape == (1, 16, 16, 3)
+    np.testing.assert_allclose(images[0].reshape(-1, 3).mean(0), RED, atol=4)
+
+
+def test_linked_folders_are_listed_once(tmp_path):
+    # Class folders are walked through links (a linked folder of photos is
+    # used), but a link back into the tree would list the same files again
+    # and again (in train and val), and a link to an ancestor for ever.
+    root = tmp_path / "linked"
+    write_gray(root / "red" / "sub", n=2)
+    write_gray(tmp_path / "elsewhere", n=2)
+    write_gray(root / "blue", n=2)
+    os.symlink(root / "red", root / "red" / "sub" / "self")  # a loop
+    os.symlink(root / "red" / "sub", root / "red" / "twin")  # the same folder twice
+    os.symlink(root, root / "blue" / "up")  # an ancestor: the whole tree again
+    os.symlink(tmp_path / "elsewhere", root / "blue" / "more")  # photos kept elsewhere: used
+    class_names, paths, labels, _ = data.list_class_folders(str(root))
+    assert class_names == ["blue", "red"]
+    assert [os.path.relpath(p, root) for p in paths] == [
+        "blue/g0.png", "blue/g1.jpg", "blue/more/g0.png", "blue/more/g1.jpg", "red/sub/g0.png", "red/sub/g1.jpg"]
+    assert labels == [0, 0, 0, 0, 1, 1]
+    loaded = data.load_folder(root, image_size=8, val_split=0.0)
+    assert loaded.report.used["train"] == 6
+
+
 def test_folder_with_bad_files_trains(zoo):
     """The pipeline feeds Keras: a linear model on mean colours learns the classes."""
     import keras
@@ -473,8 +530,8 @@ def test_data_cache_flag_accepts_auto_and_defaults_to_it():
 
 def _cache_files(root, prefix, image_size):
     """The prefix of the files `load_folder(root, image_size=image_size, cache=prefix)` writes."""
-    _, paths, _, _ = data.list_class_folders(str(root))
-    return f"{prefix}-{data._cache_key('trainval', image_size, 'stretch', paths, order_seed=0)}"
+    _, paths, labels, _ = data.list_class_folders(str(root))
+    return f"{prefix}-{data._cache_key('trainval', image_size, 'stretch', paths, labels=labels, order_seed=0)}"
 
 
 def test_a_killed_writers_files_are_removed_not_reused(zoo, tmp_path, caplog):
@@ -757,6 +814,22 @@ def test_oxford_folder_with_annotations(tmp_path):
     assert len(loaded.test) == 3
     _, test_labels = as_arrays(loaded.test)
     assert sorted(loaded.class_names[i] for i in test_labels) == ["Abyssinian", "american_bulldog", "beagle"]
+
+
+def test_oxford_file_cache_is_not_reused_for_other_labels(tmp_path):
+    # The same files with breed labels, then species labels, through one
+    # file cache prefix: the cache holds the labels, so the second load must
+    # not read the first one's.
+    write_oxford(tmp_path / "pets")
+    prefix = str(tmp_path / "cache" / "pets")
+    breeds = data.load_oxford_pets(tmp_path / "pets", image_size=16, val_split=0.0, cache=prefix)
+    assert sorted(set(as_arrays(breeds.train)[1].tolist())) == [0, 1, 2, 3]
+    species = data.load_oxford_pets(tmp_path / "pets", image_size=16, val_split=0.0, cache=prefix, target="species")
+    memory = data.load_oxford_pets(tmp_path / "pets", image_size=16, val_split=0.0, cache="memory", target="species")
+    assert species.report.per_class == memory.report.per_class == {
+        "cat": {"train": 8, "val": 0, "test": 0}, "dog": {"train": 8, "val": 0, "test": 0}}
+    for got, want in zip(as_arrays(species.train), as_arrays(memory.train)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_oxford_folder_errors(tmp_path):
