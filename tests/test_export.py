@@ -109,7 +109,10 @@ def test_export_command_writes_the_folder(tmp_path, tiny_model, capsys):
     run.mkdir()
     models.save_model(tiny_model, run / "model.keras")
     models.save_class_names(["a", "b", "c"], run / "classes.json")
-    # --no-tflite: the conversion doubles the time; the real-photo test covers TFLite.
+    # --no-tflite: the conversion doubles the time; the real-photo test covers TFLite. An earlier export's
+    # model.tflite in the folder goes: it would pass for this model's.
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.tflite").write_bytes(b"an earlier export")
     argv = ["--model", str(run / "model.keras"), "--output-dir", str(tmp_path / "out"), "--no-tflite"]
     status = export_command.main(argv)
     assert status == 0, capsys.readouterr().err

@@ -103,6 +103,9 @@ def run(config: ExportConfig) -> dict:
         tflite = None
         if config.tflite:
             tflite = export_lib.export_tflite(model, os.path.join(config.output_dir, TFLITE_FILE))
+        elif os.path.exists(os.path.join(config.output_dir, TFLITE_FILE)):
+            # An earlier export's file would pass for this one beside the new SavedModel.
+            os.remove(os.path.join(config.output_dir, TFLITE_FILE))
         models_lib.save_class_names(names, os.path.join(config.output_dir, run_folder.CLASSES_FILE))
         summary = {
             "command": config.command,
