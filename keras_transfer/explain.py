@@ -51,7 +51,6 @@ import tensorflow as tf
 
 from keras_transfer import models as models_lib
 from keras_transfer import settings
-from keras_transfer.layers import InferenceBackbone
 from keras_transfer.settings import Choice, Flag, Int, Optional, Real, Text, setting
 
 METHODS = ("gradcam", "gradcam_pp", "gradients", "smoothgrad", "integrated_gradients", "occlusion")
@@ -192,12 +191,9 @@ class Explanation:
 
 def _scope(model: keras.Model) -> keras.Model:
     """The model whose layers are searched: the backbone of a keras_transfer model, else the model."""
-    # As models.find_layer decides: a keras_transfer classifier's backbone is an InferenceBackbone, and a plain
-    # nested model that happens to be named "backbone" is one layer of a flat model.
-    wrapped = any(
-        layer.name == models_lib.BACKBONE_NAME and isinstance(layer, InferenceBackbone) for layer in model.layers
-    )
-    return models_lib.get_backbone(model) if wrapped else model
+    # As models.find_layer decides: a plain nested model that happens to be named "backbone" is one layer of a
+    # flat model.
+    return models_lib.get_backbone(model) if models_lib.is_classifier(model) else model
 
 
 def find_last_conv_layer(model: keras.Model) -> str:

@@ -199,7 +199,7 @@ def find_layer(model: keras.Model, layer: str | int) -> keras.layers.Layer:
         ValueError: for an unknown name (naming it and suggesting close
             names) or an index out of range (naming it and the layer count).
     """
-    if _is_classifier(model):
+    if is_classifier(model):
         model = get_backbone(model)
     return _pick_layer(model.name, list(model.layers), layer)
 
@@ -294,7 +294,8 @@ def _pick_layer(model_name: str, layers: Sequence, layer: str | int):
     return layers[names.index(layer)]
 
 
-def _is_classifier(model: keras.Model) -> bool:
+def is_classifier(model: keras.Model) -> bool:
+    """Whether `model` is a classifier built here (its backbone wrapped as `InferenceBackbone`)."""
     return any(layer.name == BACKBONE_NAME and isinstance(layer, InferenceBackbone) for layer in model.layers)
 
 
