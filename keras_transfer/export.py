@@ -98,7 +98,8 @@ def _is_saved_model(path: str) -> bool:
 
 
 def _check_destination(path: str) -> None:
-    """Refuses a `path` that exists and is not an earlier export (it is the user's)."""
+    """Refuses a `path` that exists and is not an earlier export (it is the user's), or the working folder."""
+    files.check_replaceable_dir(path)
     if os.path.exists(path) and not (os.path.isdir(path) and _is_saved_model(path)):
         raise FileExistsError(f"{path!r} exists and is not a SavedModel folder; choose another path or remove it.")
 
@@ -131,14 +132,13 @@ def export_saved_model(
 
     Raises:
         FileExistsError: `path` exists and is not a SavedModel folder.
-        ValueError: an empty `path`, a bad `image_size` or `resize`, or a
+        ValueError: an empty `path` or the working folder (or one above
+            it), a bad `image_size` or `resize`, or a
             model without a square RGB input and one logits output.
     """
     size = _input_size(model, image_size)
     data_lib.check_resize_args(size, resize)
     path = os.fspath(path)
-    if not path:  # would be the current folder, which the export would replace
-        raise ValueError(f"Expected path to be the SavedModel folder. Received: path={path!r}")
     _check_destination(path)  # before the (slow) tracing
     archive = _archive(model, size, resize=resize)
     _check_destination(path)

@@ -52,6 +52,18 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
             os.remove(tmp)
 
 
+def check_replaceable_dir(path: str | os.PathLike) -> None:
+    """Refuses, as `atomic_dir` does, an empty `path`, the current folder and those above it.
+
+    Replacing one of them would delete the folder the process works in.
+    """
+    given = os.fspath(path)
+    if not given or os.path.commonpath([os.path.abspath(given), os.getcwd()]) == os.path.abspath(given):
+        raise ValueError(
+            f"Expected a folder to write, not the current folder or one above it. Received: path={given!r}"
+        )
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
     """Yields a temporary sibling folder to fill; it replaces `path` when the block succeeds.
@@ -64,12 +76,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
         ValueError: `path` is empty, or the current folder or one above it
             (replacing it would delete the folder the process works in).
     """
-    given = os.fspath(path)
-    path = os.path.abspath(given)
-    if not given or os.path.commonpath([path, os.getcwd()]) == path:
-        raise ValueError(
-            f"Expected a folder to write, not the current folder or one above it. Received: path={given!r}"
-        )
+    check_replaceable_dir(path)
+    path = os.path.abspath(os.fspath(path))
     parent, name = os.path.dirname(path), os.path.basename(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
