@@ -995,20 +995,23 @@ def _fill_pool(x, box, cls, where, originals, seeds, classes, eps, radius, *, no
     cls.scatter_nd_update(where, classes)
 
 
-def _start_seeds(keys: np.ndarray, base_seed: int) -> tf.Tensor:
-    """The seeds of the random starts of the images named `keys`, one per image.
+def _start_seeds(images: np.ndarray, base_seed: int, ids: np.ndarray | None) -> tf.Tensor:
+    """The seeds of the random starts of `images` (positions in the attacked set), one per image.
 
-    A start then depends only on the seed and the image's key, not on the
-    batch (nor on which images a restart still attacks).
+    `ids` (default: the positions) name the images in the seeds, so a start
+    depends only on the seed and the image, not on the batch (nor on which
+    images a restart still attacks).
     """
+    keys = images if ids is None else np.asarray(ids)[images]
     return tf.constant(np.stack([np.full(len(keys), base_seed % 2**63), keys], axis=1), tf.int64)
 
 
-def _starts(originals: tf.Tensor, keys: np.ndarray, plan: _Plan, base_seed: int) -> tf.Tensor:
+def _starts(originals: tf.Tensor, images: np.ndarray, plan: _Plan, base_seed: int, ids: np.ndarray | None) -> tf.Tensor:
     """The first iterates: the `originals`, or random points of the ball around them (see `_start_seeds`)."""
     if not plan.random_start:
         return originals
-    return _random_starts(originals, _start_seeds(keys, base_seed), tf.constant(plan.eps, tf.float32), norm=plan.norm)
+    seeds = _start_seeds(images, base_seed, ids)
+    return _random_starts(originals, seeds, tf.constant(plan.eps, tf.float32), norm=plan.norm)
 
 
 # Drawn in the graph (Philox) rather than by a numpy generator per image: numpy's draws and their
@@ -1076,9 +1079,7 @@ def _run(
             slots = free[: n - next_image]
             new = np.arange(next_image, next_image + slots.size)
             next_image += slots.size
-            originals = tf.constant(x0[new], tf.float32)
-            keys = new if ids is None else np.asarray(ids)[new]
-            pool.fill(slots, new, originals, _start_seeds(keys, base_seed), classes[new])
+            pool.fill(slots, new, tf.constant(x0[new], tf.float32), _start_seeds(new, base_seed, ids), classes[new])
             free = pool.free()
         # No image left to start: shrink the pool to the images still running.
         if free.size and not pool.shrink():
@@ -1477,8 +1478,7 @@ def _run_apgd(
     for begin in range(0, len(x0), batch_size):
         rows = np.arange(begin, min(begin + batch_size, len(x0)))
         originals = tf.constant(x0[rows], tf.float32)
-        keys = rows if ids is None else np.asarray(ids)[rows]
-        state = _apgd_state(_starts(originals, keys, plan, seed), plan.step_size, num_classes)
+        state = _apgd_state(_starts(originals, rows, plan, seed, ids), plan.step_size, num_classes)
         box = norm.box(originals, eps, radius, quantize=plan.quantize)
         cls = tf.constant(classes[rows])
         for m in range(plan.steps):
