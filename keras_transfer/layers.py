@@ -214,24 +214,23 @@ def build_augmentation(
     def layer_seed(index: int) -> int | None:
         return None if seed is None else seed + index
 
-    common = {"dtype": "float32"}
     layers: list[keras.layers.Layer] = []
     if flip:
-        layers.append(keras.layers.RandomFlip(flip, seed=layer_seed(0), name="random_flip", **common))
+        layers.append(keras.layers.RandomFlip(flip, seed=layer_seed(0), name="random_flip", dtype="float32"))
     if rotation:
         layers.append(
             keras.layers.RandomRotation(
-                rotation, fill_mode="reflect", seed=layer_seed(1), name="random_rotation", **common
+                rotation, fill_mode="reflect", seed=layer_seed(1), name="random_rotation", dtype="float32"
             )
         )
     if zoom:
         layers.append(
-            keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=layer_seed(2), name="random_zoom", **common)
+            keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=layer_seed(2), name="random_zoom", dtype="float32")
         )
     if contrast:
         layers.append(
             keras.layers.RandomContrast(
-                contrast, value_range=(0, 255), seed=layer_seed(3), name="random_contrast", **common
+                contrast, value_range=(0, 255), seed=layer_seed(3), name="random_contrast", dtype="float32"
             )
         )
     return keras.Sequential(layers, name=name)

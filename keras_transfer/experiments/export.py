@@ -100,12 +100,12 @@ def run(config: ExportConfig) -> dict:
         saved_model = export_lib.export_saved_model(
             model, os.path.join(config.output_dir, SAVED_MODEL_DIR), resize=resize
         )
-        tflite = None
+        tflite, tflite_path = None, os.path.join(config.output_dir, TFLITE_FILE)
         if config.tflite:
-            tflite = export_lib.export_tflite(model, os.path.join(config.output_dir, TFLITE_FILE))
-        elif os.path.exists(os.path.join(config.output_dir, TFLITE_FILE)):
+            tflite = export_lib.export_tflite(model, tflite_path)
+        elif os.path.exists(tflite_path):
             # An earlier export's file would pass for this one beside the new SavedModel.
-            os.remove(os.path.join(config.output_dir, TFLITE_FILE))
+            os.remove(tflite_path)
         models_lib.save_class_names(names, os.path.join(config.output_dir, run_folder.CLASSES_FILE))
         summary = {
             "command": config.command,
