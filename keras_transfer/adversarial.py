@@ -53,14 +53,14 @@ gradient of a saturated softmax vanishes, which silently weakens attacks. A
 model that ends in a softmax is attacked through
 `keras_transfer.models.as_logits_model`.
 
-Speed. Each step is one compiled `tf.function` (rounding, forward, gradient,
-step, projection) on a batch held in TensorFlow variables; a plain Python loop
-around it stops each image as soon as it succeeds (`early_stop=True`) and
-refills its slot with the next image, so batches stay full, no work is spent
-on images that are already adversarial, and only new and finished images
-cross between Python and TensorFlow. Around the network a step does little:
-for L-inf, the ball and its integer grid are boxes kept per image, so the
-rounding and the projected step are two clips. `network_rate` times the
+Speed. The loop runs in the graph: a `tf.while_loop` over steps (rounding,
+forward, gradient, step, projection) on a batch held in TensorFlow variables
+stops each image as soon as it succeeds (`early_stop=True`), writes its
+result and refills its slot with the next image, so batches stay full, no
+work is spent on images that are already adversarial, and nothing returns to
+Python until the end (or the next progress-bar update). Around the network a
+step does little: for L-inf, the ball and its integer grid are boxes kept per
+image, so the rounding and the projected step are two clips. `network_rate` times the
 bare network, the ceiling of this loop.
 
 Example::
@@ -79,7 +79,7 @@ import math
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import keras
 import numpy as np
@@ -611,6 +611,7 @@ class _Plan:
 
 
 def _step_fns(model: keras.Model, plan: _Plan, targeted: bool) -> tuple[Callable, Callable]:
+    """`(run_steps, judge)` of the shared loop for `model` and `plan` (compiled once per model and plan key)."""
     logits_model, fns = _entry(model)
     key = ("attack", *plan.key, targeted)
     if key in fns:
@@ -619,39 +620,29 @@ def _step_fns(model: keras.Model, plan: _Plan, targeted: bool) -> tuple[Callable
     norm = _NORMS[plan.norm]
     image = _image_spec(logits_model)
     classes = tf.TensorSpec((None,), tf.int32)
-    scalar = tf.TensorSpec((), tf.float32)
 
-    def rounded(x, x0, eps, radius):
-        return tf.cast(norm.quantize(x, x0, eps, radius), tf.float32) if plan.quantize else x
+    def rounded(x, box, eps, radius):
+        return tf.cast(norm.rounded(x, box, eps, radius), tf.float32) if plan.quantize else x
 
-    # The elementwise work around the network, each part one fused XLA kernel
-    # (compiled inside a step that is not: 2-3 passes over the images instead
-    # of 7-8 separate kernels). L2's rounding (histograms in float64) is left to TF.
-    fused = plan.norm == "inf"
-
-    @tf.function(jit_compile=fused)
-    def look(x, box, eps, radius):
-        return tf.cast(norm.rounded(x, box, eps, radius), tf.float32)
-
-    @tf.function(jit_compile=fused)
-    def advance(x, grad, box, eps, step_size):
+    # The elementwise work around the network in one fused XLA kernel (compiled
+    # inside a loop that is not): the projected step and the rounding of its
+    # result, which the next step shows the model, read the iterate and the box
+    # once. L2's rounding (histograms in float64) is left to TF.
+    @tf.function(jit_compile=plan.norm == "inf")
+    def advance(x, grad, box, eps, radius, step_size):
         if plan.direction == "rms":
             rms = tf.sqrt(tf.reduce_mean(tf.square(grad), axis=tf.range(1, tf.rank(grad)), keepdims=True))
             move = grad / tf.maximum(rms, _TINY)
         else:
             move = norm.direction(grad)
-        return norm.advance(x, step_size * move, box, eps)
+        x = norm.advance(x, step_size * move, box, eps)
+        return (x, rounded(x, box, eps, radius)) if plan.quantize else (x,)
 
-    @tf.function(reduce_retracing=True)
-    def step(pool_x, pool_box, pool_cls, eps, radius, step_size):
-        # The pool lives in variables updated in place, so a step moves no
-        # image between Python and TensorFlow; only new and finished images do.
-        x, cls = pool_x.read_value(), pool_cls.read_value()
-        box = [b.read_value() for b in pool_box]
-        # The model sees (and success is judged on) the rounded image; the
-        # float iterate x accumulates the steps, so steps smaller than one
+    def gradient_step(pool: _PoolVariables, eps, radius, step_size):
+        # The model sees (and success is judged on) the rounded image `seen`;
+        # the float iterate x accumulates the steps, so steps smaller than one
         # grey level still add up.
-        seen = look(x, box, eps, radius) if plan.quantize else x
+        seen, cls = (pool.seen if plan.quantize else pool.x).read_value(), pool.cls.read_value()
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(seen)
             logits = tf.cast(ref()(seen, training=False), tf.float32)
@@ -659,16 +650,81 @@ def _step_fns(model: keras.Model, plan: _Plan, targeted: bool) -> tuple[Callable
             # sum is each image's own gradient.
             total = tf.reduce_sum(_objective(logits, cls, kind=plan.objective, targeted=targeted))
         grad = tape.gradient(total, seen)
-        pool_x.assign(advance(x, grad, box, eps, step_size))
-        return seen, logits, _success(logits, cls, targeted)
+        moved = advance(pool.x.read_value(), grad, [b.read_value() for b in pool.box], eps, radius, step_size)
+        return seen, logits, _success(logits, cls, targeted), moved[0], moved[-1]
 
-    @tf.function(input_signature=[image, image, classes, scalar, scalar])
-    def evaluate(x, x0, cls, eps, radius):
-        seen = rounded(x, x0, eps, radius)
+    def record(pool: _PoolVariables, results: _Results, seen, logits, ok, x, next_seen, limits: _Limits):
+        """Writes the images that succeeded or used every step into `results`; frees their slots."""
+        spent = pool.spent.read_value() + 1
+        ok &= limits.early_stop
+        out_of_budget = ~ok & (spent >= limits.steps)
+        slot_image = pool.image.read_value()
+        won, spent_all = tf.where(ok)[:, 0], tf.where(ok | out_of_budget)[:, 0]
+        won_images = tf.gather(slot_image, won)[:, None]
+        results.seen.scatter_nd_update(won_images, tf.cast(tf.gather(seen, won), results.seen.dtype))
+        results.logits.scatter_nd_update(won_images, tf.gather(logits, won))
+        results.success.scatter_nd_update(won_images, tf.ones_like(won, tf.bool))
+        # An image out of steps is judged on its last iterate, rounded: the
+        # forward pass of that look is batched after the loop (`_judge_pending`).
+        last, last_images = tf.where(out_of_budget)[:, 0], tf.gather(slot_image, tf.where(out_of_budget)[:, 0])
+        results.seen.scatter_nd_update(last_images[:, None], tf.cast(tf.gather(next_seen, last), results.seen.dtype))
+        results.pending.scatter_nd_update(last_images[:, None], tf.ones_like(last, tf.bool))
+        results.spent.scatter_nd_update(tf.gather(slot_image, spent_all)[:, None], tf.gather(spent, spent_all))
+        pool.x.assign(x)
+        if plan.quantize:
+            pool.seen.assign(next_seen)
+        pool.spent.assign(spent)
+        pool.image.scatter_nd_update(spent_all[:, None], tf.fill(tf.shape(spent_all), -1))
+
+    def refill(pool: _PoolVariables, window: _Window, cursor: tf.Variable, limits: _Limits):
+        """Fills free slots with the window's next images, in order; with none left, drops the free slots."""
+        free = tf.cast(tf.where(pool.image.read_value() < 0)[:, 0], tf.int32)
+        start = cursor.read_value()
+        take = tf.minimum(tf.size(free), tf.shape(window.classes)[0] - start)
+        slots, new = free[:take, None], tf.range(start, start + take)
+        originals = tf.cast(tf.gather(window.x0, new), tf.float32)
+        box = norm.box(originals, limits.eps, limits.radius, quantize=plan.quantize)
+        starts = tf.cond(
+            # (tf.map_fn cannot stack zero images of an unknown shape.)
+            limits.random_start & (take > 0),
+            lambda: _random_starts(originals, tf.gather(window.seeds, new), limits.eps, norm=plan.norm),
+            lambda: originals,
+        )
+        pool.x.scatter_nd_update(slots, starts)
+        if plan.quantize:
+            pool.seen.scatter_nd_update(slots, rounded(starts, box, limits.eps, limits.radius))
+        for variable, part in zip(pool.box, box):
+            variable.scatter_nd_update(slots, part)
+        pool.cls.scatter_nd_update(slots, tf.gather(window.classes, new))
+        pool.image.scatter_nd_update(slots, new + window.offset)
+        pool.spent.scatter_nd_update(slots, tf.zeros_like(new))
+        cursor.assign(start + take)
+        if window.last and take < tf.size(free):
+            # No image left to start: the pool shrinks to the images still running.
+            keep = tf.where(pool.image.read_value() >= 0)[:, 0]
+            for variable in tf.nest.flatten(pool):
+                if variable is not None:
+                    variable.assign(tf.gather(variable, keep))
+
+    # The whole loop runs in the graph: a step, the bookkeeping of finished
+    # images and the refill of their slots cost no round trip to Python (at
+    # batch 8, those round trips and refill calls took 10-15% of the time).
+    @tf.function(reduce_retracing=True)
+    def run_steps(pool: _PoolVariables, results: _Results, window: _Window, cursor, limits: _Limits, max_steps):
+        refill(pool, window, cursor, limits)
+        taken = tf.constant(0)
+        while taken < max_steps and tf.size(pool.image) > 0 and tf.reduce_all(pool.image >= 0):
+            taken += 1
+            record(pool, results, *gradient_step(pool, limits.eps, limits.radius, limits.step_size), limits)
+            refill(pool, window, cursor, limits)
+        return taken
+
+    @tf.function(input_signature=[image, classes])
+    def judge(seen, cls):
         logits = tf.cast(ref()(seen, training=False), tf.float32)
-        return seen, logits, _success(logits, cls, targeted)
+        return logits, _success(logits, cls, targeted)
 
-    fns[key] = (step, evaluate)
+    fns[key] = (run_steps, judge)
     return fns[key]
 
 
@@ -920,15 +976,12 @@ def _loss_and_restarts(attack) -> str:
 
 @dataclasses.dataclass
 class _Outcome:
-    """Per-image results of `_run`, filled in as images finish."""
+    """Per-image results of an attack, over its restarts."""
 
     adversarial: np.ndarray
     logits: np.ndarray
     success: np.ndarray
     spent: np.ndarray  # gradient steps per image
-    # (images that used every step, their float last iterates), one pair a
-    # step: those iterates still need a look.
-    out_of_budget: list[tuple[np.ndarray, tf.Tensor]]
 
     @classmethod
     def empty(cls, x0: np.ndarray, num_classes: int, *, quantize: bool = False) -> _Outcome:
@@ -939,60 +992,169 @@ class _Outcome:
             logits=np.zeros((n, num_classes), np.float32),
             success=np.zeros(n, bool),
             spent=np.zeros(n, np.int32),
-            out_of_budget=[],
         )
 
 
-class _Pool:
-    """The images being attacked, in slots of variables that the compiled step updates in place.
+class _PoolVariables(NamedTuple):
+    """The images being attacked, one per slot, in variables the compiled loop updates in place.
 
-    Each slot holds an image's iterate `x`, its class, and its `box`: the
-    per-image constants of the norm's step (see `_Norm.box`).
+    `x` is each image's float iterate and `seen` its rounding (what the model
+    sees; `None` without rounding, where it is `x`); `box` holds the per-image
+    constants of the norm's step (see `_Norm.box`); `image` the index of the
+    image in the attacked set (-1: free) and `spent` its gradient steps.
     """
 
-    def __init__(self, capacity: int, image_shape: tuple[int, ...], plan: _Plan, eps: tf.Tensor, radius: tf.Tensor):
-        self.spec = [None, *image_shape]
-        self._plan, self._eps, self._radius = plan, eps, radius
-        zeros = tf.zeros([capacity, *image_shape])
-        self.x = self._variable(zeros)
-        self.box = [self._variable(part) for part in _NORMS[plan.norm].box(zeros, eps, radius, quantize=plan.quantize)]
-        self.cls = tf.Variable(tf.zeros([capacity], tf.int32), shape=[None], trainable=False)
-        self.slot_image = np.full(capacity, -1)  # which image each slot holds
-
-    def _variable(self, value) -> tf.Variable:
-        return tf.Variable(value, shape=self.spec, trainable=False)
-
-    def free(self) -> np.ndarray:
-        return np.flatnonzero(self.slot_image < 0)
-
-    def fill(self, slots: np.ndarray, images: np.ndarray, originals: tf.Tensor, seeds: tf.Tensor, classes) -> None:
-        """Puts `images` (their `originals`, the `seeds` of their starts, see `_start_seeds`) into `slots`."""
-        _fill_pool(self.x, self.box, self.cls, tf.constant(slots[:, None], tf.int32), originals, seeds,
-                   tf.constant(classes, tf.int32), self._eps, self._radius, norm=self._plan.norm,
-                   quantize=self._plan.quantize, random_start=self._plan.random_start)
-        self.slot_image[slots] = images
-
-    def shrink(self) -> bool:
-        """Keeps only the slots still running; `False` when none is."""
-        keep = np.flatnonzero(self.slot_image >= 0)
-        if keep.size == 0:
-            return False
-        self.x = self._variable(tf.gather(self.x, keep))
-        self.box = [self._variable(tf.gather(variable, keep)) for variable in self.box]
-        self.cls = tf.Variable(tf.gather(self.cls, keep), shape=[None], trainable=False)
-        self.slot_image = self.slot_image[keep]
-        return True
+    x: tf.Variable
+    seen: tf.Variable | None
+    box: list[tf.Variable]
+    cls: tf.Variable
+    image: tf.Variable
+    spent: tf.Variable
 
 
-# One compiled call per refill (the random starts, the box and the scatters), not a dozen eager ops; shared by
-# every pool (variables are arguments), so a new attack call does not trace it again.
-@tf.function(reduce_retracing=True)
-def _fill_pool(x, box, cls, where, originals, seeds, classes, eps, radius, *, norm: str, quantize: bool,
-               random_start: bool) -> None:
-    x.scatter_nd_update(where, _random_starts(originals, seeds, eps, norm=norm) if random_start else originals)
-    for variable, part in zip(box, _NORMS[norm].box(originals, eps, radius, quantize=quantize)):
-        variable.scatter_nd_update(where, part)
-    cls.scatter_nd_update(where, classes)
+class _Results(NamedTuple):
+    """Per-image results of one run, written by the compiled loop as images finish.
+
+    `pending`: the image used every step; its `seen` (the rounded last
+    iterate) still needs its forward pass (`logits`, `success`).
+    """
+
+    seen: tf.Variable
+    logits: tf.Variable
+    success: tf.Variable
+    spent: tf.Variable
+    pending: tf.Variable
+
+
+class _Window(NamedTuple):
+    """The next images to attack: originals, classes, start seeds, index of the first, whether none follow."""
+
+    x0: tf.Tensor
+    classes: tf.Tensor
+    seeds: tf.Tensor
+    offset: tf.Tensor
+    last: tf.Tensor
+
+
+class _Limits(NamedTuple):
+    """A plan's numbers, as tensors (the compiled loop is traced once per model and `_Plan.key`)."""
+
+    eps: tf.Tensor
+    radius: tf.Tensor
+    step_size: tf.Tensor
+    steps: tf.Tensor
+    early_stop: tf.Tensor
+    random_start: tf.Tensor
+
+    @classmethod
+    def of(cls, plan: _Plan) -> _Limits:
+        return cls(
+            eps=tf.constant(plan.eps, tf.float32),
+            radius=tf.constant(math.floor(plan.eps) if math.isfinite(plan.eps) else math.inf, tf.float32),
+            step_size=tf.constant(plan.step_size, tf.float32),
+            steps=tf.constant(plan.steps, tf.int32),
+            early_stop=tf.constant(plan.early_stop),
+            random_start=tf.constant(plan.random_start),
+        )
+
+
+def _variable(value, *, shape) -> tf.Variable:
+    return tf.Variable(value, shape=shape, trainable=False)
+
+
+def _empty_pool(capacity: int, image_shape: tuple[int, ...], plan: _Plan) -> _PoolVariables:
+    images = [None, *image_shape]
+    zeros = tf.zeros([capacity, *image_shape])
+    box = _NORMS[plan.norm].box(zeros, tf.constant(0.0), tf.constant(0.0), quantize=plan.quantize)
+    return _PoolVariables(
+        x=_variable(zeros, shape=images),
+        seen=_variable(zeros, shape=images) if plan.quantize else None,
+        box=[_variable(part, shape=images) for part in box],
+        cls=_variable(tf.zeros([capacity], tf.int32), shape=[None]),
+        image=_variable(tf.fill([capacity], -1), shape=[None]),
+        spent=_variable(tf.zeros([capacity], tf.int32), shape=[None]),
+    )
+
+
+def _empty_results(x0: np.ndarray, num_classes: int, plan: _Plan) -> _Results:
+    n = len(x0)
+    return _Results(
+        # Rounded images are integers: uint8 holds them exactly in a quarter of the memory.
+        seen=_variable(tf.zeros(x0.shape, tf.uint8 if plan.quantize else tf.float32), shape=x0.shape),
+        logits=_variable(tf.zeros([n, num_classes]), shape=[n, num_classes]),
+        success=_variable(tf.zeros([n], tf.bool), shape=[n]),
+        spent=_variable(tf.zeros([n], tf.int32), shape=[n]),
+        pending=_variable(tf.zeros([n], tf.bool), shape=[n]),
+    )
+
+
+# Originals handed to the compiled loop at a time (a float32 copy of a large set would double its memory).
+_WINDOW_BYTES = 2**28
+# Steps between progress bar updates (verbose): each update is a return to Python.
+_PROGRESS_STEPS = 10
+
+
+def _run(
+    model: keras.Model,
+    x0: np.ndarray,
+    classes: np.ndarray,
+    targeted: bool,
+    plan: _Plan,
+    batch_size: int,
+    seed: int | None,
+    verbose: int,
+    *,
+    ids: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The shared loop: a pool of `batch_size` slots, each refilled as its image finishes.
+
+    Returns `(adversarial, logits, success, gradient_steps)`. `ids` name the
+    images in the seeds of their random starts (see `_start_seeds`).
+    """
+    run_steps, judge = _step_fns(model, plan, targeted)
+    n, num_classes = len(x0), int(_logits_model(model).outputs[0].shape[-1])
+    if n == 0:
+        return dataclasses.astuple(_Outcome.empty(x0, num_classes, quantize=plan.quantize))
+    limits = _Limits.of(plan)
+    base_seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
+    pool = _empty_pool(min(batch_size, n), x0.shape[1:], plan)
+    results = _empty_results(x0, num_classes, plan)
+    cursor = tf.Variable(0)
+    max_steps = tf.constant(_PROGRESS_STEPS if verbose else 2**31 - 1)
+    progbar = keras.utils.Progbar(n) if verbose else None
+    window_size = max(batch_size, _WINDOW_BYTES // max(1, x0[0].size * 4))
+    for start in range(0, n, window_size):
+        stop = min(n, start + window_size)
+        window = _Window(
+            x0=tf.constant(x0[start:stop]),
+            classes=tf.constant(classes[start:stop], tf.int32),
+            seeds=_start_seeds(np.arange(start, stop), base_seed, ids),
+            offset=tf.constant(start),
+            last=tf.constant(stop == n),
+        )
+        cursor.assign(0)
+        while True:
+            run_steps(pool, results, window, cursor, limits, max_steps)
+            running = pool.image.numpy()
+            if progbar is not None:
+                progbar.update(start + int(cursor.numpy()) - int(np.sum(running >= 0)))
+            # Back in Python: the pool is empty (the end), has a free slot (this window is used up), or the
+            # progress bar is due.
+            if running.size == 0 or np.any(running < 0):
+                break
+    return _judge_pending(judge, results, classes, batch_size)
+
+
+def _judge_pending(judge, results: _Results, classes: np.ndarray, batch_size: int):
+    """The results as arrays, after one forward pass over the images that used every step."""
+    # (A variable's numpy() is a copy of its value, writable.)
+    adversarial, logits, success, spent = (v.numpy() for v in results[:4])
+    pending = np.flatnonzero(results.pending.numpy())
+    for b in range(0, len(pending), batch_size):
+        idx = pending[b : b + batch_size]
+        batch_logits, ok = judge(tf.constant(adversarial[idx], tf.float32), tf.constant(classes[idx], tf.int32))
+        logits[idx], success[idx] = batch_logits.numpy(), ok.numpy()
+    return adversarial, logits, success, spent
 
 
 def _start_seeds(images: np.ndarray, base_seed: int, ids: np.ndarray | None) -> tf.Tensor:
@@ -1022,90 +1184,6 @@ def _random_starts(originals: tf.Tensor, seeds: tf.Tensor, eps: tf.Tensor, *, no
     shape = tf.concat([[1], tf.shape(originals)[1:]], 0)
     noise = tf.map_fn(lambda seed: ops.random_noise(shape, seed, eps)[0], seeds, fn_output_signature=tf.float32)
     return tf.clip_by_value(originals + noise, PIXEL_MIN, PIXEL_MAX)
-
-
-def _collect(outcome: _Outcome, pool: _Pool, seen, logits, ok, plan: _Plan) -> int:
-    """Records the images of `pool` that succeeded or used every step, frees their slots; returns how many."""
-    ok = ok.numpy() & plan.early_stop
-    images = pool.slot_image
-    outcome.spent[images] += 1
-    out_of_budget = ~ok & (outcome.spent[images] >= plan.steps)
-    if ok.any():
-        rows = np.flatnonzero(ok)
-        outcome.adversarial[images[rows]] = tf.gather(seen, rows).numpy()
-        outcome.logits[images[rows]] = tf.gather(logits, rows).numpy()
-        outcome.success[images[rows]] = True
-    if out_of_budget.any():
-        rows = np.flatnonzero(out_of_budget)
-        outcome.out_of_budget.append((images[rows], tf.gather(pool.x, rows)))
-    done = ok | out_of_budget
-    images[done] = -1
-    return int(done.sum())
-
-
-def _run(
-    model: keras.Model,
-    x0: np.ndarray,
-    classes: np.ndarray,
-    targeted: bool,
-    plan: _Plan,
-    batch_size: int,
-    seed: int | None,
-    verbose: int,
-    *,
-    ids: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The shared loop: a pool of `batch_size` slots, each refilled as its image finishes.
-
-    `ids` name the images in the seeds of their random starts (see `_starts`).
-    """
-    step, evaluate = _step_fns(model, plan, targeted)
-    n = len(x0)
-    outcome = _Outcome.empty(x0, int(_logits_model(model).outputs[0].shape[-1]), quantize=plan.quantize)
-    if n == 0:
-        return outcome.adversarial, outcome.logits, outcome.success, outcome.spent
-    eps = tf.constant(plan.eps, tf.float32)
-    radius = tf.constant(math.floor(plan.eps) if math.isfinite(plan.eps) else math.inf, tf.float32)
-    step_size = tf.constant(plan.step_size, tf.float32)
-    base_seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
-    pool = _Pool(min(batch_size, n), x0.shape[1:], plan, eps, radius)
-    next_image = 0
-    progbar = keras.utils.Progbar(n) if verbose else None
-    finished = 0
-    while True:
-        free = pool.free()
-        if free.size and next_image < n:
-            # Refill free slots in image order.
-            slots = free[: n - next_image]
-            new = np.arange(next_image, next_image + slots.size)
-            next_image += slots.size
-            pool.fill(slots, new, tf.constant(x0[new], tf.float32), _start_seeds(new, base_seed, ids), classes[new])
-            free = pool.free()
-        # No image left to start: shrink the pool to the images still running.
-        if free.size and not pool.shrink():
-            break
-        seen, logits, ok = step(pool.x, pool.box, pool.cls, eps, radius, step_size)
-        finished += _collect(outcome, pool, seen, logits, ok, plan)
-        if progbar is not None:
-            progbar.update(finished)
-    _look_at_last_iterates(evaluate, outcome, x0, classes, eps, radius, batch_size)
-    return outcome.adversarial, outcome.logits, outcome.success, outcome.spent
-
-
-def _look_at_last_iterates(evaluate, outcome: _Outcome, x0, classes, eps, radius, batch_size: int) -> None:
-    """One look (forward only) at the last iterate of the images that used every step."""
-    if not outcome.out_of_budget:
-        return
-    spent = np.concatenate([images for images, _ in outcome.out_of_budget]).astype(np.int64)
-    last = tf.concat([iterates for _, iterates in outcome.out_of_budget], 0)
-    for b in range(0, len(spent), batch_size):
-        idx = spent[b : b + batch_size]
-        seen, logits, ok = evaluate(
-            last[b : b + batch_size], tf.constant(x0[idx], tf.float32), tf.constant(classes[idx]), eps, radius
-        )
-        outcome.adversarial[idx] = seen.numpy()
-        outcome.logits[idx] = logits.numpy()
-        outcome.success[idx] = ok.numpy()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

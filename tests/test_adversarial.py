@@ -319,6 +319,24 @@ def test_same_seed_same_result_whatever_the_batch_size(tiny):
     assert not np.array_equal(b.adversarial, c.adversarial)
 
 
+def test_windows_of_originals_and_progress_updates_give_the_same_result(tiny, monkeypatch):
+    # The compiled loop takes the originals a window at a time (a large set is not copied whole) and
+    # returns to Python every few steps when a progress bar is shown: neither may change a result.
+    model, x, y = tiny
+    attacks = [adv.PGD(norm="inf", eps=6.0, steps=6, step_size=2.0), adv.PGD(norm="2", eps=80.0, steps=5)]
+    whole = [attack(model, x[:20], adv.Misclassification(y[:20]), batch_size=4, seed=2) for attack in attacks]
+    assert all(0 < np.mean(r.success) < 1 for r in whole)  # images finish at different steps, some out of budget
+    monkeypatch.setattr(adv, "_WINDOW_BYTES", 5 * x[0].size * 4)  # windows of 5 images: 4 windows
+    monkeypatch.setattr(adv, "_PROGRESS_STEPS", 2)
+    for attack, expected in zip(attacks, whole):
+        for verbose in (0, 1):
+            got = attack(model, x[:20], adv.Misclassification(y[:20]), batch_size=4, seed=2, verbose=verbose)
+            np.testing.assert_array_equal(got.adversarial, expected.adversarial)
+            np.testing.assert_array_equal(got.logits, expected.logits)
+            np.testing.assert_array_equal(got.success, expected.success)
+            np.testing.assert_array_equal(got.gradient_steps, expected.gradient_steps)
+
+
 # ---------------------------------------------------------------------------
 # Logits: a model ending in softmax is attacked like its logits twin.
 
