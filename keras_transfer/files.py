@@ -9,11 +9,14 @@ atomic. A kill at any instant leaves either the old file or the new one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -45,6 +48,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     os.close(fd)
     try:
         yield tmp
+        _chmod_like_a_plain_write(tmp, path, 0o666)
         _fsync(tmp)
         os.replace(tmp, path)
     finally:
@@ -86,9 +90,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
         for folder, _, names in os.walk(tmp):
             for file_name in names:
                 _fsync(os.path.join(folder, file_name))
-        if os.path.exists(path):
-            # Rename the earlier folder aside (onto an empty folder, which
-            # rename allows), the new one in, then drop the old one.
+        _chmod_like_a_plain_write(tmp, path, 0o777)
+        if os.path.isdir(path) and not os.path.islink(path) and _exchange(tmp, path):
+            pass  # swapped in one step: `tmp` now holds the earlier folder, removed below
+        elif os.path.exists(path):
+            # Where the file system cannot swap: rename the earlier folder aside
+            # (onto an empty folder, which rename allows), the new one in, then
+            # drop the old one.
             old = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -97,6 +105,53 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_like_a_plain_write(tmp: str, path: str, default: int) -> None:
+    """Gives `tmp` the permissions writing `path` in place would: its own if it exists, else `default` less the umask.
+
+    `mkstemp` and `mkdtemp` make their files private (0600 / 0700), which
+    the rename would otherwise carry over to the destination.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = default & ~_umask()
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(tmp, mode)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swaps two paths in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`); `False` where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), b)
 
 
 _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
@@ -128,6 +183,8 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
         return jsonable(value.tolist())
+    if isinstance(value, np.bool_):
+        return bool(value)
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (float, np.floating)):

@@ -67,7 +67,7 @@ class RowFile:
             raise IndexError(f"Row indices must be in [0, {len(self)}). Received: min={indices.min()}, "
                              f"max={indices.max()}")
         out = np.empty((len(indices),) + self.shape[1:], self.dtype)
-        flat = out.reshape(len(indices), -1).view(np.uint8)
+        flat = out.reshape(len(indices), self.row_nbytes // self.dtype.itemsize).view(np.uint8)
         fd = os.open(self.path, os.O_RDONLY)
         try:
             for k, i in enumerate(indices.tolist()):

@@ -26,8 +26,10 @@ in memory), for runs without an `output_dir`.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -113,10 +115,16 @@ class RunFolder:
         os.makedirs(self.state_dir, exist_ok=True)
         folders = [self.root] + [folder for folder, _, _ in os.walk(self.state_dir)]
         for folder in folders:
+            if not os.path.isdir(folder):  # inside a temporary folder removed just before
+                continue
             for name in os.listdir(folder):
                 if files.is_temporary(name):
+                    path = os.path.join(folder, name)
+                    if os.path.isdir(path) and not os.path.islink(path):  # `files.atomic_dir`'s (e.g. an export)
+                        shutil.rmtree(path, ignore_errors=True)
+                        continue
                     with contextlib.suppress(FileNotFoundError):
-                        os.remove(os.path.join(folder, name))
+                        os.remove(path)
 
     # ------------------------------------------------------------- run state
     def load_state(self) -> dict[str, Any]:
@@ -132,7 +140,12 @@ class RunFolder:
         return os.path.isfile(self.path(MODEL_FILE))
 
     def clear_state(self) -> None:
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        # Renamed aside first (a temporary name `prepare` removes), so that a kill
+        # during the removal leaves all of the old state or none of it.
+        if os.path.isdir(self.state_dir):
+            aside = tempfile.mkdtemp(prefix=f".{STATE_DIR}.", suffix=".tmp", dir=self.root)
+            os.replace(self.state_dir, aside)
+            shutil.rmtree(aside, ignore_errors=True)
         self.prepare()
 
     # --------------------------------------------------------------- weights
@@ -185,7 +198,9 @@ class RunFolder:
         if not os.path.isfile(path):
             return {}, None
         saved = self._read_json(path, f"{phase} history")
-        records = {int(k): v for k, v in saved.get("records", {}).items()}
+        # JSON has no NaN: `files.write_json` wrote a non-finite value (a diverged loss) as null.
+        records = {int(k): {key: math.nan if value is None else value for key, value in v.items()}
+                   for k, v in saved.get("records", {}).items()}
         backup = saved.get("backup")
         return records, (os.path.join(self._backup_dir(phase), backup) if backup else None)
 
