@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 import os
 import re
 import zipfile
@@ -212,7 +213,13 @@ def check_weights(weights: str | os.PathLike | None) -> str | None:
 def check_image_size(spec: BackboneSpec, image_size: int | None) -> int:
     if image_size is None:
         return spec.default_size
-    if not isinstance(image_size, int) or image_size < spec.min_size:
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral):
+        raise ValueError(
+            f"Expected image_size to be an int >= {spec.min_size} (pixels; backbone {spec.name!r}). "
+            f"Received: image_size={image_size!r}"
+        )
+    image_size = int(image_size)
+    if image_size < spec.min_size:
         raise ValueError(
             f"Backbone {spec.name!r} needs an image size of at least {spec.min_size} pixels. "
             f"Received: image_size={image_size!r}"

@@ -98,8 +98,9 @@ def build_classifier(
     """
     spec = backbones_lib.get_backbone_spec(backbone)
     size = backbones_lib.check_image_size(spec, image_size)
-    if not isinstance(num_classes, int) or num_classes < 2:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
         raise ValueError(f"Expected num_classes to be an int >= 2. Received: num_classes={num_classes!r}")
+    num_classes = int(num_classes)
     if pooling not in ("avg", "max"):
         raise ValueError(f"Expected pooling in ('avg', 'max'). Received: pooling={pooling!r}")
     if not 0.0 <= dropout < 1.0:
@@ -114,6 +115,9 @@ def build_classifier(
     x = inputs
     if augmentation is True:
         augmentation = build_augmentation(name=AUGMENTATION_NAME)
+    if augmentation is not False and augmentation is not None and augmentation.name != AUGMENTATION_NAME:
+        # The layer is found by its name (e.g. by phase 2's train steps): a layer of your own gets wrapped.
+        augmentation = keras.Sequential([augmentation], name=AUGMENTATION_NAME)
     if augmentation:
         x = augmentation(x)
     x = ImagePreprocessing(spec.preprocessing, name=PREPROCESSING_NAME)(x)

@@ -182,7 +182,7 @@ class TrainConfig:
                                    "calibrated (Guo et al. 2017; the predicted classes do not change)")
     mixed_precision: str = setting("off", kind=Choice(engine.MIXED_PRECISION_CHOICES), group="engine",
                                    help="auto: mixed_float16 on GPU, mixed_bfloat16 on CPU; logits stay float32")
-    seed: int = setting(0, kind=Int(), group="training",
+    seed: int = setting(0, kind=Int(min=0, max=2**32 - 1), group="training",
                         help="seed of the validation split, initialization, shuffling and augmentation")
 
     # --- How it runs and reports (not fingerprinted: may change when resuming).

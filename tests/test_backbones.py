@@ -159,3 +159,19 @@ def test_real_mobilenet_v2_weights_load_offline(keras_home):
     first = model.get_layer("Conv1").kernel.numpy()
     np.testing.assert_array_equal(first, from_file.get_layer("Conv1").kernel.numpy())
     assert not np.allclose(first, random.get_layer("Conv1").kernel.numpy())
+
+
+def test_image_size_takes_numpy_ints_and_names_what_is_wrong():
+    from keras_transfer.backbones import check_image_size
+
+    spec = get_backbone_spec("mobilenet")
+    size = check_image_size(spec, np.int64(64))
+    assert size == 64 and type(size) is int
+    # 64.0 is not too small: the message must not say it is.
+    with pytest.raises(ValueError, match=r"an int.*image_size=64\.0") as info:
+        check_image_size(spec, 64.0)
+    assert "at least" not in str(info.value) or ">=" in str(info.value)
+    with pytest.raises(ValueError, match="image_size=True"):
+        check_image_size(spec, True)
+    with pytest.raises(ValueError, match="at least 32 pixels. Received: image_size=16"):
+        check_image_size(spec, 16)

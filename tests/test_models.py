@@ -384,3 +384,23 @@ def test_feature_statistics_of_no_features_say_so():
     standardization.build((None, 5))
     with pytest.raises(ValueError, match=r"at least one feature vector.*Received: 0"):
         standardization.set_statistics(np.zeros((0, 5)))
+
+
+def test_num_classes_may_be_a_numpy_int():
+    # e.g. num_classes=labels.max() + 1
+    model = kt.build_classifier(**{**TINY, "num_classes": np.int64(3)})
+    assert model.output_shape == (None, 3)
+    with pytest.raises(ValueError, match="num_classes=True"):
+        kt.build_classifier(**{**TINY, "num_classes": True})
+
+
+def test_an_augmentation_layer_of_your_own_is_the_layer_named_augmentation():
+    # Phase 2's train steps (training_wrapper.split_augmentation) find the augmentation by its fixed name; a user
+    # layer kept its own name, so they ran it inside the network, drawing a new transform at every forward pass.
+    from keras_transfer import training_wrapper
+
+    flip = keras.layers.RandomFlip("horizontal", seed=1)
+    model = tiny_classifier(augmentation=flip)
+    augmentation, body = training_wrapper.split_augmentation(model)
+    assert augmentation is model.get_layer(models.AUGMENTATION_NAME)
+    assert flip in augmentation._flatten_layers() and body is not model

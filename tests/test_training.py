@@ -979,3 +979,12 @@ def test_mixed_batches_in_phase_2_save_the_plain_classifier(backbone_weights, tm
     for bad in (dict(cache_bottom=True), dict(adversarial_eps=2.0), dict(fine_tune_epochs=0)):
         with pytest.raises(ValueError, match="mixup_alpha=0.2"):
             tiny_config(backbone_weights, **{"mixup_alpha": 0.2, **bad})
+
+
+def test_config_rejects_a_seed_that_numpy_cannot_take():
+    # keras.utils.set_random_seed (np.random.seed) takes 0 to 2**32 - 1: anything else failed only inside
+    # train, with NumPy's message that names no setting.
+    for seed in (-1, 2**32):
+        with pytest.raises(ValueError, match=rf"seed={seed}\b"):
+            training.TrainConfig(seed=seed)
+    assert training.TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
