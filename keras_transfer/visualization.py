@@ -14,8 +14,9 @@ things make the result an image:
 
 The three concerns live in three places: what is optimized (`PixelImage`,
 `FourierImage`), how it is made robust (`random_affine`), and the loop
-(`visualize_classes`): a small `tf.function` step inside a plain Python loop
-that keeps the progress bar, TensorBoard and callbacks out of the graph.
+(`visualize_classes`): a `tf.function` that runs a chunk of steps in a
+`tf.while_loop`, inside a plain Python loop that gives each step's logs to
+the progress bar, TensorBoard and callbacks, out of the graph.
 
 Works on any Keras classifier that takes RGB pixels in [0, 255] and outputs
 one score vector per image, like every model of this package::
@@ -704,9 +705,11 @@ def visualize_classes(
         config: hyper-parameters. Defaults to `VisualizationConfig()`.
         class_names: names of the model's classes. Defaults to `None`: the
             ImageNet names for a 1000-class model, else the indices.
-        callbacks: callables `callback(step, logs)` called after every step
-            with the `history` values of that step (numpy arrays of shape
-            `(batch,)`). Defaults to `()`.
+        callbacks: callables `callback(step, logs)` called for every step,
+            in order, with the `history` values of that step (numpy arrays
+            of shape `(batch,)`); steps run in chunks of up to
+            `CHUNK_STEPS` in the graph, and the calls follow each chunk.
+            Defaults to `()`.
         log_dir: folder for TensorBoard scalars (every step) and images.
             Defaults to `None` (no logs).
         image_every: write the images to TensorBoard every this many steps
@@ -801,6 +804,14 @@ class _Recorder:
     history: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0  # in the steps, after the first step of each octave (which traces it)
 
+    def chunk_end(self, step: int, end: int) -> int:
+        """Where a chunk of steps starting at `step` (0-based) must stop: at `end`, or earlier where TensorBoard
+        shows the images of a step (they exist only between chunks)."""
+        end = min(end, step + CHUNK_STEPS)
+        if self.writer is None:
+            return end
+        return min(end, (step // self.image_every + 1) * self.image_every)
+
     def record(self, step: int, logs: dict[str, np.ndarray], render: Callable[[], np.ndarray]) -> None:
         """Records step `step` (0-based); `render` gives the current images when TensorBoard shows them."""
         _check_finite(logs, step)
@@ -832,19 +843,23 @@ def _optimize_octave(
     variable = tf.Variable(start, trainable=True, name="image_parameters")
     optimizer = keras.optimizers.Adam(learning_rate=config.effective_learning_rate)
     optimizer.build([variable])
-    step_fn = _make_step(model, param, variable, optimizer, targets, config, model_size)
-    for i in range(steps):
+    run_steps = _make_steps(model, param, variable, optimizer, targets, config, model_size)
+    step, end = first_step, first_step + steps
+    while step < end:
+        # The first step alone: it traces (its time is left out of `seconds`).
+        stop = step + 1 if step == first_step else recorder.chunk_end(step, end)
         started = time.perf_counter()
-        # The step's random transform is drawn from (seed, global step).
-        outputs = step_fn(tf.constant([config.seed % 2**31, first_step + i], tf.int32))
-        logs = {key: value.numpy() for key, value in outputs.items()}
-        if i > 0:
+        stacked = {key: value.numpy() for key, value in run_steps(tf.constant(step), tf.constant(stop - step)).items()}
+        if step > first_step:
             recorder.seconds += time.perf_counter() - started
-        recorder.record(first_step + i, logs, lambda: param.render(variable).numpy())
+        for i in range(stop - step):
+            recorder.record(step + i, {key: value[i] for key, value in stacked.items()},
+                            lambda: param.render(variable).numpy())
+        step = stop
     return param.render(variable).numpy()
 
 
-def _make_step(
+def _make_steps(
     model: keras.Model,
     param: PixelImage | FourierImage,
     variable: tf.Variable,
@@ -852,10 +867,10 @@ def _make_step(
     targets: tf.Tensor,
     config: VisualizationConfig,
     model_size: int,
-) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
+    """`run_steps(first, count)`: `count` steps from global step `first`, each log stacked `(count, ...)`."""
     tv_weight = config.effective_tv_weight
 
-    @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
     def step(seed: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
             # In the parameterization's own layout: the resampling takes
@@ -905,7 +920,24 @@ def _make_step(
             "gradient_finite": gradient_finite,
         }
 
-    return step
+    # The steps of a chunk run in the graph: a return to Python per step (the
+    # call, its outputs, the bookkeeping) cost about a tenth of a step at batch 8.
+    @tf.function(jit_compile=config.jit_compile, reduce_retracing=True)
+    def run_steps(first: tf.Tensor, count: tf.Tensor) -> dict[str, tf.Tensor]:
+        logs = {key: tf.TensorArray(dtype, size=count) for key, dtype in _LOG_DTYPES.items()}
+        for i in tf.range(count):
+            # Each step's random transform is drawn from (seed, global step).
+            outputs = step(tf.stack([tf.constant(config.seed % 2**31, tf.int32), first + i]))
+            logs = {key: logs[key].write(i, outputs[key]) for key in _LOG_DTYPES}
+        return {key: log.stack() for key, log in logs.items()}
+
+    return run_steps
+
+
+_LOG_DTYPES = {key: tf.float32 for key in ("loss", "objective", "penalty", "tv", "l1", "l2", "probability")}
+_LOG_DTYPES["gradient_finite"] = tf.bool
+# Steps run in the graph before the logs return to Python (progress bar, TensorBoard, callbacks).
+CHUNK_STEPS = 16
 
 
 def _check_finite(logs: dict[str, np.ndarray], step: int) -> None:

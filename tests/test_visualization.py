@@ -115,6 +115,24 @@ def test_each_image_of_a_batch_moves_to_its_own_class(colour_model, parameteriza
     assert calls[0][1] == sorted(result.history)
 
 
+def test_tensorboard_images_are_those_of_their_step_although_steps_run_in_chunks(colour_model, tmp_path):
+    # Steps run in chunks in the graph; the images exist only between chunks, so a chunk must end where
+    # TensorBoard shows a step's images: the images at step 7 are those a 7-step run returns.
+    config = quick(steps=20, learning_rate=0.4)
+    vis.visualize_classes(colour_model, [0], config=config, log_dir=tmp_path, image_every=7, progress=False)
+    images = {}
+    for path in glob.glob(str(tmp_path / "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag.startswith("image/"):
+                    images[event.step] = tf.io.decode_png(value.tensor.string_val[2]).numpy()
+    assert sorted(images) == [7, 14, 20]
+    for steps in (7, 20):
+        alone = vis.visualize_classes(colour_model, [0], config=dataclasses.replace(config, steps=steps),
+                                      progress=False)
+        assert np.abs(images[steps].astype(int) - alone.uint8_images[0].astype(int)).max() <= 1
+
+
 def test_pixel_images_are_clipped_into_range_even_with_a_huge_step(colour_model):
     config = quick(parameterization="pixel", learning_rate=5.0, steps=5)
     result = vis.visualize_classes(colour_model, [0, 2], config=config, progress=False)
