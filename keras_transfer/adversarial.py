@@ -118,6 +118,11 @@ class _Norm(abc.ABC):
     def random_noise(self, shape: tf.Tensor, seed: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
         """Uniform random points of the ball, one per image of `shape` (stateless: a function of `seed`)."""
 
+    def random_points(self, shape: tf.Tensor, seeds: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        """`random_noise` with one seed per image: image i is a function of `seeds[i]` (int64 pairs) alone."""
+        one = tf.concat([[1], shape[1:]], 0)
+        return tf.map_fn(lambda seed: self.random_noise(one, seed, eps)[0], seeds, fn_output_signature=tf.float32)
+
     @abc.abstractmethod
     def direction(self, grad: tf.Tensor) -> tf.Tensor:
         """The steepest-ascent direction of unit norm for a gradient."""
@@ -155,12 +160,22 @@ class _LinfNorm(_Norm):
     name = "inf"
 
     def random_noise(self, shape, seed, eps):
+        # Image i from (seed, i).
+        seed = tf.cast(seed, tf.int64)
+        key = seed[0] * 1_000_003 + seed[1]
+        rows = tf.range(tf.cast(shape[0], tf.int64), dtype=tf.int64)
+        return self.random_points(shape, tf.stack([tf.fill(tf.shape(rows), key), rows], axis=1), eps)
+
+    def random_points(self, shape, seeds, eps):
         # 256 evenly spaced levels strictly inside [-eps, eps] (steps of eps / 128), one random byte
-        # each: a quarter of the random words that float32 draws take, which were the bulk of the
-        # cost of starting an image.
-        size = tf.reduce_prod(shape)
-        words = tf.random.stateless_uniform([(size + 3) // 4], seed, minval=None, maxval=None, dtype=tf.uint32)
-        levels = tf.reshape(tf.bitcast(words, tf.uint8), [-1])[:size]
+        # each. The bytes are a counter-based hash of (the image's seed, the byte's index), drawn
+        # for all images at once and fusable by XLA: a generator per image (tf.map_fn of Philox
+        # draws) cost more than a tenth of a step when a few images start each step.
+        size = tf.reduce_prod(shape[1:])
+        first, second = _seed_keys(seeds)
+        index = tf.cast(tf.range((size + 3) // 4), tf.uint32)[None, :]
+        words = _mix32(tf.bitwise.bitwise_xor(_mix32(index + first[:, None]), second[:, None]))
+        levels = tf.reshape(tf.bitcast(words, tf.uint8), [tf.shape(seeds)[0], -1])[:, :size]
         return tf.reshape((tf.cast(levels, tf.float32) + 0.5) * (eps / 128.0) - eps, shape)
 
     def direction(self, grad):
@@ -185,6 +200,25 @@ class _LinfNorm(_Norm):
 
     def advance(self, x, move, box, eps):
         return tf.clip_by_value(x + move, *_box_bounds(box[0], eps))
+
+
+def _mix32(h: tf.Tensor) -> tf.Tensor:
+    """A bijective 32-bit hash with good avalanche (Wellons' "lowbias32")."""
+    def shift_xor(v, bits):
+        return tf.bitwise.bitwise_xor(v, tf.bitwise.right_shift(v, tf.constant(bits, tf.uint32)))
+
+    h = shift_xor(h, 16) * tf.constant(0x7FEB352D, tf.uint32)
+    h = shift_xor(h, 15) * tf.constant(0x846CA68B, tf.uint32)
+    return shift_xor(h, 16)
+
+
+def _seed_keys(seeds: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Two 32-bit keys per int64 seed pair, each depending on all 128 bits."""
+    words = tf.reshape(tf.bitcast(tf.cast(seeds, tf.int64), tf.uint32), [-1, 4])
+    key = _mix32(words[:, 3] + tf.constant(0x9E3779B9, tf.uint32))
+    for k in (2, 1, 0):
+        key = _mix32(tf.bitwise.bitwise_xor(words[:, k], key))
+    return key, _mix32(tf.bitwise.bitwise_xor(key, tf.constant(0x85EBCA6B, tf.uint32)))
 
 
 def _box_bounds(x0: tf.Tensor, half_width: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -628,8 +662,11 @@ def _step_fns(model: keras.Model, plan: _Plan, targeted: bool) -> tuple[Callable
     # inside a loop that is not): the projected step and the rounding of its
     # result, which the next step shows the model, read the iterate and the box
     # once. L2's rounding (histograms in float64) is left to TF.
-    @tf.function(jit_compile=plan.norm == "inf")
-    def advance(x, grad, box, eps, radius, step_size):
+    fused = plan.norm == "inf"
+
+    @tf.function(jit_compile=fused)
+    def advance(x, grad, stored_box, eps, radius, step_size):
+        box = [_unstore(part, tf.shape(x)) for part in stored_box]
         if plan.direction == "rms":
             rms = tf.sqrt(tf.reduce_mean(tf.square(grad), axis=tf.range(1, tf.rank(grad)), keepdims=True))
             move = grad / tf.maximum(rms, _TINY)
@@ -659,47 +696,57 @@ def _step_fns(model: keras.Model, plan: _Plan, targeted: bool) -> tuple[Callable
         ok &= limits.early_stop
         out_of_budget = ~ok & (spent >= limits.steps)
         slot_image = pool.image.read_value()
-        won, spent_all = tf.where(ok)[:, 0], tf.where(ok | out_of_budget)[:, 0]
+        won, last, done = tf.where(ok)[:, 0], tf.where(out_of_budget)[:, 0], tf.where(ok | out_of_budget)
         won_images = tf.gather(slot_image, won)[:, None]
-        results.seen.scatter_nd_update(won_images, tf.cast(tf.gather(seen, won), results.seen.dtype))
+        results.seen.scatter_nd_update(won_images, _as_result(tf.gather(seen, won), plan.quantize))
         results.logits.scatter_nd_update(won_images, tf.gather(logits, won))
         results.success.scatter_nd_update(won_images, tf.ones_like(won, tf.bool))
         # An image out of steps is judged on its last iterate, rounded: the
         # forward pass of that look is batched after the loop (`_judge_pending`).
-        last, last_images = tf.where(out_of_budget)[:, 0], tf.gather(slot_image, tf.where(out_of_budget)[:, 0])
-        results.seen.scatter_nd_update(last_images[:, None], tf.cast(tf.gather(next_seen, last), results.seen.dtype))
-        results.pending.scatter_nd_update(last_images[:, None], tf.ones_like(last, tf.bool))
-        results.spent.scatter_nd_update(tf.gather(slot_image, spent_all)[:, None], tf.gather(spent, spent_all))
+        last_images = tf.gather(slot_image, last)[:, None]
+        results.seen.scatter_nd_update(last_images, _as_result(tf.gather(next_seen, last), plan.quantize))
+        results.pending.scatter_nd_update(last_images, tf.ones_like(last, tf.bool))
+        results.spent.scatter_nd_update(tf.gather_nd(slot_image, done)[:, None], tf.gather_nd(spent, done))
         pool.x.assign(x)
         if plan.quantize:
             pool.seen.assign(next_seen)
         pool.spent.assign(spent)
-        pool.image.scatter_nd_update(spent_all[:, None], tf.fill(tf.shape(spent_all), -1))
+        pool.image.scatter_nd_update(done, tf.fill(tf.shape(done)[:1], -1))
+
+    # What an image entering the pool starts from, for several images at once:
+    # one XLA kernel for L-inf (unpacking, random start, box, rounding), run at
+    # the pool's fixed size so that it compiles once.
+    @tf.function(jit_compile=fused)
+    def starts(originals, seeds, image_shape, eps, radius, random_start):
+        originals = tf.cast(_unstore(originals, image_shape), tf.float32)
+        box = norm.box(originals, eps, radius, quantize=plan.quantize)
+        if random_start:
+            x = tf.clip_by_value(originals + norm.random_points(tf.shape(originals), seeds, eps), PIXEL_MIN, PIXEL_MAX)
+        else:
+            x = originals
+        return x, rounded(x, box, eps, radius), [_store(part) for part in box]
 
     def refill(pool: _PoolVariables, window: _Window, cursor: tf.Variable, limits: _Limits):
         """Fills free slots with the window's next images, in order; with none left, drops the free slots."""
-        free = tf.cast(tf.where(pool.image.read_value() < 0)[:, 0], tf.int32)
+        free = tf.cast(tf.where(pool.image.read_value() < 0), tf.int32)
         start = cursor.read_value()
-        take = tf.minimum(tf.size(free), tf.shape(window.classes)[0] - start)
-        slots, new = free[:take, None], tf.range(start, start + take)
-        originals = tf.cast(tf.gather(window.x0, new), tf.float32)
-        box = norm.box(originals, limits.eps, limits.radius, quantize=plan.quantize)
-        starts = tf.cond(
-            # (tf.map_fn cannot stack zero images of an unknown shape.)
-            limits.random_start & (take > 0),
-            lambda: _random_starts(originals, tf.gather(window.seeds, new), limits.eps, norm=plan.norm),
-            lambda: originals,
-        )
-        pool.x.scatter_nd_update(slots, starts)
-        if plan.quantize:
-            pool.seen.scatter_nd_update(slots, rounded(starts, box, limits.eps, limits.radius))
-        for variable, part in zip(pool.box, box):
-            variable.scatter_nd_update(slots, part)
-        pool.cls.scatter_nd_update(slots, tf.gather(window.classes, new))
-        pool.image.scatter_nd_update(slots, new + window.offset)
-        pool.spent.scatter_nd_update(slots, tf.zeros_like(new))
-        cursor.assign(start + take)
-        if window.last and take < tf.size(free):
+        take = tf.minimum(tf.shape(free)[0], tf.shape(window.classes)[0] - start)
+        if take > 0:
+            slots, new = free[:take], tf.range(start, start + take)
+            # Fused: a row for every slot (the last new image repeated), the first `take` used.
+            rows = tf.minimum(tf.range(start, start + tf.size(pool.image)), start + take - 1) if fused else new
+            x, seen, box = starts(tf.gather(window.x0, rows), tf.gather(window.seeds, rows), window.image_shape,
+                                  limits.eps, limits.radius, limits.random_start)
+            pool.x.scatter_nd_update(slots, x[:take])
+            if plan.quantize:
+                pool.seen.scatter_nd_update(slots, seen[:take])
+            for variable, part in zip(pool.box, box):
+                variable.scatter_nd_update(slots, part[:take])
+            pool.cls.scatter_nd_update(slots, tf.gather(window.classes, new))
+            pool.image.scatter_nd_update(slots, new + window.offset)
+            pool.spent.scatter_nd_update(slots, tf.zeros_like(new))
+            cursor.assign(start + take)
+        if window.last and take < tf.shape(free)[0]:
             # No image left to start: the pool shrinks to the images still running.
             keep = tf.where(pool.image.read_value() >= 0)[:, 0]
             for variable in tf.nest.flatten(pool):
@@ -1000,8 +1047,9 @@ class _PoolVariables(NamedTuple):
 
     `x` is each image's float iterate and `seen` its rounding (what the model
     sees; `None` without rounding, where it is `x`); `box` holds the per-image
-    constants of the norm's step (see `_Norm.box`); `image` the index of the
-    image in the attacked set (-1: free) and `spent` its gradient steps.
+    constants of the norm's step (see `_Norm.box`, kept by `_store`); `image`
+    the index of the image in the attacked set (-1: free) and `spent` its
+    gradient steps.
     """
 
     x: tf.Variable
@@ -1027,9 +1075,11 @@ class _Results(NamedTuple):
 
 
 class _Window(NamedTuple):
-    """The next images to attack: originals, classes, start seeds, index of the first, whether none follow."""
+    """The next images to attack: originals (see `_store`), their shape, classes, start seeds, the index of the
+    first, whether none follow."""
 
     x0: tf.Tensor
+    image_shape: tf.Tensor
     classes: tf.Tensor
     seeds: tf.Tensor
     offset: tf.Tensor
@@ -1058,33 +1108,79 @@ class _Limits(NamedTuple):
         )
 
 
-def _variable(value, *, shape) -> tf.Variable:
-    return tf.Variable(value, shape=shape, trainable=False)
+def _variable(value) -> tf.Variable:
+    # Any number of rows: a new pool or set size is not a new trace of the loop.
+    value = tf.convert_to_tensor(value)
+    return tf.Variable(value, shape=[None, *value.shape[1:]], trainable=False)
+
+
+def _store(images: tf.Tensor) -> tf.Tensor:
+    """How the loop keeps uint8 images: each as a row of uint32 words, four bytes a word; others as they are.
+
+    TF's scatter and gather kernels move uint8 images byte by byte, about
+    three times slower per element than float32 (measured: 0.6 ms to scatter
+    2-3 images at 224 px, as much as the random starts of those images).
+    """
+    if images.dtype != tf.uint8:
+        return images
+    rows = tf.shape(images)[0]
+    flat = tf.reshape(images, [rows, -1])
+    flat = tf.pad(flat, [[0, 0], [0, tf.math.floormod(-tf.shape(flat)[1], 4)]])
+    return tf.bitcast(tf.reshape(flat, [rows, -1, 4]), tf.uint32)
+
+
+def _unstore(stored: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
+    """The images `_store` kept, with the image shape of `shape`'s last three dimensions."""
+    if stored.dtype != tf.uint32:
+        return stored
+    rows, image_shape = tf.shape(stored)[0], shape[-3:]
+    flat = tf.reshape(tf.bitcast(stored, tf.uint8), [rows, -1])[:, : tf.reduce_prod(image_shape)]
+    return tf.reshape(flat, tf.concat([[rows], image_shape], 0))
+
+
+def _as_result(seen: tf.Tensor, quantize: bool) -> tf.Tensor:
+    # Rounded images are integers: uint8 holds them exactly in a quarter of the memory.
+    return _store(tf.cast(seen, tf.uint8)) if quantize else seen
+
+
+def _stored_array(images: np.ndarray) -> np.ndarray:
+    """`_store` of a numpy array (a view where the image size is a multiple of 4 bytes)."""
+    if images.dtype != np.uint8:
+        return images
+    flat = np.ascontiguousarray(images).reshape(len(images), -1)
+    if flat.shape[1] % 4:
+        flat = np.pad(flat, ((0, 0), (0, -flat.shape[1] % 4)))
+    return flat.view(np.uint32)
+
+
+def _unstored_array(stored: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    if stored.dtype != np.uint32:
+        return stored
+    flat = stored.view(np.uint8).reshape(len(stored), -1)[:, : math.prod(image_shape)]
+    return flat.reshape(len(stored), *image_shape)
 
 
 def _empty_pool(capacity: int, image_shape: tuple[int, ...], plan: _Plan) -> _PoolVariables:
-    images = [None, *image_shape]
     zeros = tf.zeros([capacity, *image_shape])
     box = _NORMS[plan.norm].box(zeros, tf.constant(0.0), tf.constant(0.0), quantize=plan.quantize)
     return _PoolVariables(
-        x=_variable(zeros, shape=images),
-        seen=_variable(zeros, shape=images) if plan.quantize else None,
-        box=[_variable(part, shape=images) for part in box],
-        cls=_variable(tf.zeros([capacity], tf.int32), shape=[None]),
-        image=_variable(tf.fill([capacity], -1), shape=[None]),
-        spent=_variable(tf.zeros([capacity], tf.int32), shape=[None]),
+        x=_variable(zeros),
+        seen=_variable(zeros) if plan.quantize else None,
+        box=[_variable(_store(part)) for part in box],
+        cls=_variable(tf.zeros([capacity], tf.int32)),
+        image=_variable(tf.fill([capacity], -1)),
+        spent=_variable(tf.zeros([capacity], tf.int32)),
     )
 
 
 def _empty_results(x0: np.ndarray, num_classes: int, plan: _Plan) -> _Results:
     n = len(x0)
     return _Results(
-        # Rounded images are integers: uint8 holds them exactly in a quarter of the memory.
-        seen=_variable(tf.zeros(x0.shape, tf.uint8 if plan.quantize else tf.float32), shape=x0.shape),
-        logits=_variable(tf.zeros([n, num_classes]), shape=[n, num_classes]),
-        success=_variable(tf.zeros([n], tf.bool), shape=[n]),
-        spent=_variable(tf.zeros([n], tf.int32), shape=[n]),
-        pending=_variable(tf.zeros([n], tf.bool), shape=[n]),
+        seen=_variable(_as_result(tf.zeros([n, *x0.shape[1:]]), plan.quantize)),
+        logits=_variable(tf.zeros([n, num_classes])),
+        success=_variable(tf.zeros([n], tf.bool)),
+        spent=_variable(tf.zeros([n], tf.int32)),
+        pending=_variable(tf.zeros([n], tf.bool)),
     )
 
 
@@ -1126,7 +1222,8 @@ def _run(
     for start in range(0, n, window_size):
         stop = min(n, start + window_size)
         window = _Window(
-            x0=tf.constant(x0[start:stop]),
+            x0=tf.constant(_stored_array(x0[start:stop])),
+            image_shape=tf.constant(x0.shape[1:], tf.int32),
             classes=tf.constant(classes[start:stop], tf.int32),
             seeds=_start_seeds(np.arange(start, stop), base_seed, ids),
             offset=tf.constant(start),
@@ -1142,13 +1239,14 @@ def _run(
             # progress bar is due.
             if running.size == 0 or np.any(running < 0):
                 break
-    return _judge_pending(judge, results, classes, batch_size)
+    return _judge_pending(judge, results, classes, x0.shape[1:], batch_size)
 
 
-def _judge_pending(judge, results: _Results, classes: np.ndarray, batch_size: int):
+def _judge_pending(judge, results: _Results, classes: np.ndarray, image_shape: tuple[int, ...], batch_size: int):
     """The results as arrays, after one forward pass over the images that used every step."""
     # (A variable's numpy() is a copy of its value, writable.)
     adversarial, logits, success, spent = (v.numpy() for v in results[:4])
+    adversarial = _unstored_array(adversarial, image_shape)
     pending = np.flatnonzero(results.pending.numpy())
     for b in range(0, len(pending), batch_size):
         idx = pending[b : b + batch_size]
@@ -1176,13 +1274,11 @@ def _starts(originals: tf.Tensor, images: np.ndarray, plan: _Plan, base_seed: in
     return _random_starts(originals, seeds, tf.constant(plan.eps, tf.float32), norm=plan.norm)
 
 
-# Drawn in the graph (Philox) rather than by a numpy generator per image: numpy's draws and their
+# Drawn in the graph rather than by a numpy generator per image: numpy's draws and their
 # conversion to a tensor cost about a step's time per 32 images entering the pool.
 @tf.function(reduce_retracing=True)
 def _random_starts(originals: tf.Tensor, seeds: tf.Tensor, eps: tf.Tensor, *, norm: str) -> tf.Tensor:
-    ops = _NORMS[norm]
-    shape = tf.concat([[1], tf.shape(originals)[1:]], 0)
-    noise = tf.map_fn(lambda seed: ops.random_noise(shape, seed, eps)[0], seeds, fn_output_signature=tf.float32)
+    noise = _NORMS[norm].random_points(tf.shape(originals), seeds, eps)
     return tf.clip_by_value(originals + noise, PIXEL_MIN, PIXEL_MAX)
 
 

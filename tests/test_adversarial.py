@@ -146,6 +146,20 @@ def test_random_starts_are_uniform_in_the_ball_and_a_function_of_the_seed(norm, 
     assert not np.allclose(noise, other)
 
 
+@pytest.mark.parametrize("norm, eps", [("inf", 4.0), ("2", 50.0)])
+def test_an_images_random_start_depends_on_its_own_seed_alone(norm, eps):
+    # Drawn for all entering images at once, each from its own seed: the same seed gives the same
+    # start whatever else enters with it, and no two images share a start.
+    ops = adv.norm_ops(norm)
+    seeds = tf.constant([[7, i] for i in range(6)], tf.int64)
+    every = ops.random_points(tf.constant([6, 5, 5, 3]), seeds, tf.constant(eps)).numpy()
+    two = ops.random_points(tf.constant([2, 5, 5, 3]), tf.gather(seeds, [4, 1]), tf.constant(eps)).numpy()
+    np.testing.assert_array_equal(two, every[[4, 1]])
+    flat = every.reshape(6, -1)
+    assert all(not np.allclose(flat[i], flat[j]) for i in range(6) for j in range(i))
+    assert np.abs(flat).max() <= eps if norm == "inf" else np.linalg.norm(flat, axis=1).max() <= eps * (1 + 1e-6)
+
+
 def test_linf_rounding_goes_toward_the_original_at_the_ball_edge():
     x0 = np.full((1, 1, 1, 3), 100.0, np.float32)
     x = x0 + np.array([2.5, -2.5, 1.7], np.float32).reshape(1, 1, 1, 3)
