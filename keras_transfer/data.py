@@ -672,15 +672,41 @@ def decoded_images(
     paths: Sequence[str], *, image_size: int, resize: str, order: Sequence[int] | None = None
 ) -> tf.data.Dataset:
     """`(index into paths, image)` for every path that decodes, in path order or in `order` (indices)."""
+    return _decoded_files(paths, image_size=image_size, resize=resize, order=order)
+
+
+def _decoded_files(
+    paths: Sequence[str], *, image_size: int, resize: str, order: Sequence[int] | None = None,
+    labels: tf.Tensor | None = None, check_only: bool = False,
+) -> tf.data.Dataset:
+    """`decoded_images`; with `labels` (int32, by path), `(index, image, label)` in one map.
+
+    With `check_only`, `(index, label)` (or `(index,)`) of the same files:
+    each is decoded as for its image (same errors, same skips) but not
+    resized, for a pass that only finds the undecodable files.
+    """
     indices = np.arange(len(paths)) if order is None else np.asarray(order)
     # As bytes: a name that is not UTF-8 (os.listdir gives it surrogate-escaped) is no valid tf.string text.
     files = tf.data.Dataset.from_tensor_slices(
         (tf.constant(indices, tf.int64), tf.constant([os.fsencode(paths[i]) for i in indices], tf.string)))
-    return files.map(
-        lambda i, path: (i, decode_and_resize(tf.io.read_file(path), image_size=image_size, resize=resize)),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    ).ignore_errors()
+
+    @tf.autograph.experimental.do_not_convert
+    def load(i, path):
+        contents = tf.io.read_file(path)
+        if check_only:
+            out = (_once_decoded(i, contents, image_size=image_size, resize=resize),)
+        else:
+            out = (i, decode_and_resize(contents, image_size=image_size, resize=resize))
+        return out + ((tf.gather(labels, i),) if labels is not None else ())
+
+    return files.map(load, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
+
+
+def _once_decoded(value: tf.Tensor, contents: tf.Tensor, *, image_size: int, resize: str) -> tf.Tensor:
+    """`value`, once `contents` is decoded as `decode_and_resize` decodes it (failing where it fails), not resized."""
+    image = decode_for_size(contents, image_size=image_size, resize=resize)
+    with tf.control_dependencies([image]):
+        return tf.identity(value)
 
 
 def _why_undecodable(path: str) -> str:
@@ -809,16 +835,21 @@ class _Pool:
     seconds: float = 0.0  # the first pass: decode and resize (or read the file cache), fill the cache
 
 
-def _fill_pool(examples: tf.data.Dataset, *, cache: bool | str, key: str, total: int, what: str) -> _Pool:
+def _fill_pool(
+    examples: tf.data.Dataset, *, cache: bool | str, key: str, total: int, what: str,
+    check: tf.data.Dataset | None = None,
+) -> _Pool:
     """Runs the decode pass of `examples` ((index, image, label), errors
     ignored) through the cache and records which indices survived.
 
     `total` is the number of examples, `what` names them in the progress lines.
+    `check` ((index, label), errors ignored where `examples` has them, without
+    the images), when given, is the pass of `cache=False`, which keeps no image.
     """
     started = time.perf_counter()
     if isinstance(cache, bool):
         pool = examples.cache() if cache else examples
-        found = _first_pass(pool, total=total, what=f"Decoding {what}")
+        found = _first_pass(pool if cache or check is None else check, total=total, what=f"Decoding {what}")
         return _Pool(pool, *found, skipped=[], seconds=time.perf_counter() - started)
     # The key names the exact inputs, so a file cache left by another run is
     # only reused for the same files, size and resize mode.
@@ -834,12 +865,17 @@ def _fill_pool(examples: tf.data.Dataset, *, cache: bool | str, key: str, total:
 
 
 def _first_pass(pool: tf.data.Dataset, *, total: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """`(indices, labels)` of the examples of one full pass over `pool` (which fills its cache)."""
+    """`(indices, labels)` of the examples of one full pass over `pool` (which fills its cache).
+
+    `pool` has `(index, image, label)` or `(index, label)` elements.
+    """
     indices, labels = [], []
     progress = _Progress(total, what) if total > _PROGRESS_MIN_IMAGES else None
     # Only indices and labels come back to Python; the images stay in the cache.
     done = 0
-    for i, label in pool.map(lambda i, image, label: (i, label)).batch(_PASS_BATCH):
+    if len(pool.element_spec) == 3:
+        pool = pool.map(lambda i, image, label: (i, label))
+    for i, label in pool.batch(_PASS_BATCH):
         indices.append(i.numpy())
         labels.append(label.numpy())
         done += len(indices[-1])  # images decoded so far (files that fail to decode are not counted)
@@ -952,12 +988,13 @@ def _file_pool(
     order = None
     if order_seed is not None:
         order = np.random.default_rng([_DECODE_ORDER_STREAM, order_seed]).permutation(len(paths))
-    examples = decoded_images(paths, image_size=image_size, resize=resize, order=order).map(
-        lambda i, image: (i, image, tf.gather(labels_t, i))
-    )
+    examples = _decoded_files(paths, image_size=image_size, resize=resize, order=order, labels=labels_t)
+    # cache=False: the pass only finds the undecodable files (decodes, does not resize).
+    check = _decoded_files(paths, image_size=image_size, resize=resize, order=order, labels=labels_t,
+                           check_only=True) if cache is False else None
     key = "" if isinstance(cache, bool) else _cache_key(
         tag, image_size, resize, paths, labels=labels, order_seed=order_seed)
-    pool = _fill_pool(examples, cache=cache, key=key, total=len(paths), what=what)
+    pool = _fill_pool(examples, cache=cache, key=key, total=len(paths), what=what, check=check)
     kept = set(pool.indices.tolist())
     pool.skipped = [i for i in range(len(paths)) if i not in kept]
     return pool
@@ -1539,8 +1576,18 @@ def _tfds_pool(builder, split: str, *, image_size, resize, cache, name_key) -> t
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     ).ignore_errors()
+    check = None
+    if cache is False:  # the pass only finds the undecodable images (decodes, does not resize)
+        check = source.enumerate().map(
+            lambda i, ex: (
+                _once_decoded(i, ex["image"], image_size=image_size, resize=resize), tf.cast(ex["label"], tf.int32)
+            ),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        ).ignore_errors()
     key = f"tfds-{builder.name}-{builder.version}-{split}-{image_size}-{resize}-decoder{_DECODER_VERSION}"
-    pool = _fill_pool(examples, cache=cache, key=key, total=total, what=f"tfds:{builder.name} ({split})")
+    pool = _fill_pool(examples, cache=cache, key=key, total=total, what=f"tfds:{builder.name} ({split})",
+                      check=check)
     kept = set(pool.indices.tolist())
     pool.skipped = [i for i in range(total) if i not in kept]
     names = []
