@@ -37,7 +37,15 @@ def resolve_class(cls: int | str, class_names: Sequence[str]) -> int:
     n = len(class_names)
     if isinstance(cls, bool):
         raise TypeError(f"Expected a class index or name. Received: cls={cls!r}")
-    if isinstance(cls, int) or (isinstance(cls, str) and cls.strip().lstrip("-").isdigit()):
+    # A string that names a class is that class, even in digits (class folders "1", "10", "2"); the exact
+    # spelling tells apart names equal but for case ("Cardigan", "cardigan").
+    named = False
+    if isinstance(cls, str):
+        exact = [i for i, name in enumerate(class_names) if name == cls]
+        if len(exact) == 1:
+            return exact[0]
+        named = any(_norm(name) == _norm(cls) for name in class_names)
+    if not named and (isinstance(cls, int) or (isinstance(cls, str) and cls.strip().lstrip("-").isdigit())):
         index = int(cls)
         if not 0 <= index < n:
             raise ValueError(f"Class index out of range: expected 0 <= index < {n}. Received: {cls!r}")
@@ -46,8 +54,14 @@ def resolve_class(cls: int | str, class_names: Sequence[str]) -> int:
         raise TypeError(f"Expected a class index or name. Received: cls={cls!r}")
     wanted = _norm(cls)
     normalized = [_norm(name) for name in class_names]
-    if wanted in normalized:
-        return normalized.index(wanted)
+    matches = [i for i, name in enumerate(normalized) if name == wanted]
+    if len(matches) > 1:
+        raise ValueError(
+            f"Class name {cls!r} is ambiguous: classes {matches} are all named so. Give the index of the one "
+            "meant instead."
+        )
+    if matches:
+        return matches[0]
     alias = _IMAGENET_ALIASES.get(wanted)
     if alias is not None and alias in normalized:
         return normalized.index(alias)

@@ -20,9 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer import calibration
-from keras_transfer.settings import Int
+from keras_transfer.settings import Int, Real
 
 TOP_K = Int(min=1)
+TEMPERATURE = Real(min=0, min_open=True)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -93,6 +94,7 @@ class Evaluation:
 
     def with_temperature(self, temperature: float) -> "Evaluation":
         """The evaluation of the same model with its logits divided by `temperature`."""
+        temperature = TEMPERATURE.check("temperature", temperature)
         return dataclasses.replace(self, logits=(self.logits / np.float32(temperature)).astype(np.float32))
 
     def summary(self, *, top_k: int | None = None) -> dict[str, float]:

@@ -179,3 +179,14 @@ def test_interrupted_cli_says_how_to_resume(monkeypatch, capsys):
     monkeypatch.setattr(_common, "run_experiment", interrupted)
     assert folder.main(["--data-dir", "x"]) == 130
     assert "Run the same command again to continue" in capsys.readouterr().err
+
+
+def test_evaluation_with_a_temperature_not_above_zero_is_a_clear_error():
+    from keras_transfer import evaluation
+
+    e = evaluation.Evaluation(logits=np.array([[2.0, 0.0], [0.0, 1.0]], np.float32), labels=np.array([0, 0]),
+                              class_names=("a", "b"))
+    assert e.with_temperature(2.0).logits[0, 0] == 1.0
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"temperature.*" + ("nan" if bad != bad else str(bad))):
+            e.with_temperature(bad)

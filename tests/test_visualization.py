@@ -566,3 +566,33 @@ def test_ideal_tabby_of_mobilenet_is_a_tabby_and_regularization_smooths_it(tmp_p
         tv[weight] = float(vis.total_variation(images / 255.0).numpy()[0])
     print(f"pixel, 100 steps: TV {tv[None]:.4f} with the default weight, {tv[0.0]:.4f} without")
     assert tv[None] < 0.5 * tv[0.0], tv
+
+
+# ---------------------------------------------------------------- review: class lookup
+
+
+def test_a_class_named_by_digits_is_found_by_its_name_not_taken_as_an_index():
+    # Class folders "1", "10", "2" (sorted as text): the name "1" is class 0, not index 1 ("10").
+    names = ["1", "10", "2"]
+    assert vis.resolve_targets(["1", "10", "2"], names) == [0, 1, 2]
+    assert kt.classes.class_mapping(["2", "1", "10"], names).tolist() == [2, 0, 1]
+    assert vis.resolve_targets([1, "0"], names) == [1, 0]  # ints, and digits naming no class, stay indices
+
+
+def test_a_name_shared_by_several_classes_is_an_error_not_the_first_of_them():
+    names = imagenet.class_names()
+    with pytest.raises(ValueError, match=r"'crane'.*134.*517"):
+        vis.resolve_targets(["crane"], names)
+    # Names that differ only in case are told apart by the exact spelling.
+    assert vis.resolve_targets(["Cardigan", "cardigan", 517], names) == [264, 474, 517]
+
+
+def test_cli_run_again_in_the_same_folder_logs_only_the_new_run(saved_colour_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["--model", str(saved_colour_model / "model.keras"), "--class", "red", "--no-progress",
+            "--output-dir", str(out)]
+    assert ideal_class.main(base + ["--steps", "4"]) == 0
+    assert ideal_class.main(base + ["--steps", "2", "--seed", "1"]) == 0
+    steps = [ev.step for e in glob.glob(str(out / "logs" / "events.*"))
+             for ev in tf.compat.v1.train.summary_iterator(e) for v in ev.summary.value if v.tag == "loss/red"]
+    assert sorted(steps) == [1, 2], steps  # not also the 4 steps of the earlier run

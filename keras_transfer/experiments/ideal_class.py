@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -99,13 +100,17 @@ def run(config: IdealClassConfig) -> dict:
     with run_folder.folder_lock(config.output_dir, command=config.command or PROG):
         model, names, model_description = load_classifier(config.model, config.backbone, config.alpha)
         vis.resolve_targets(list(config.classes), names)  # fail on a bad class before optimizing anything
+        # TensorBoard would show an earlier run's logs in this folder mixed with this one's, at the same steps.
+        log_dir = os.path.join(config.output_dir, "logs")
+        if os.path.isdir(log_dir):
+            shutil.rmtree(log_dir)
         start = time.perf_counter()
         result = vis.visualize_classes(
             model,
             list(config.classes),
             config=config.visualization,
             class_names=names,
-            log_dir=os.path.join(config.output_dir, "logs"),
+            log_dir=log_dir,
             image_every=config.image_every,
             progress=config.progress,
         )
