@@ -973,3 +973,38 @@ def test_stronger_evaluation_finds_at_least_what_single_start_pgd_finds_on_real_
         assert worst <= weak
     for e in range(len(epsilons)):
         assert sum(f[e] for f in strong.found_by) >= single.found_by[0][e]
+
+
+def test_cli_transfer_alpha_with_a_transfer_model_file_is_refused(saved_model, tmp_path, capsys):
+    """--transfer-alpha applies to a --transfer-to backbone; with a .keras file it would be silently ignored."""
+    from keras_transfer.experiments import adversarial as cli
+
+    code, line = run_cli(cli.main, [
+        "--model", f"{saved_model}/model.keras", "--image", f"{saved_model}/a.png", "--steps", "1",
+        "--transfer-to", f"{saved_model}/model.keras", "--transfer-alpha", "0.5",
+        "--output-dir", str(tmp_path / "out"), "--no-progress",
+    ], capsys)
+    assert code == 2
+    assert "transfer_alpha=0.5" in line and "model.keras" in line, line
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_cli_robust_accuracy_counts_the_undecodable_files_it_skipped(saved_model, tmp_path):
+    """An undecodable photo in --robust-data is skipped and counted in result.json, as for --images."""
+    import shutil
+
+    from keras_transfer.experiments import adversarial as cli
+
+    data = tmp_path / "data"
+    shutil.copytree(saved_model / "data", data)
+    (data / "red" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    code = cli.main([
+        "--model", f"{saved_model}/model.keras", "--robust-data", str(data), "--robust-split", "all",
+        "--epsilons", "0,8", "--steps", "1", "--output-dir", str(out), "--no-progress",
+    ])
+    assert code == 0
+    curve = strict_json(out / "result.json")["robust_accuracy"]
+    assert curve["num_images"] == 6
+    assert curve["num_skipped"] == 1
+    assert [os.path.basename(p) for p in curve["skipped_files"]] == ["broken.png"]

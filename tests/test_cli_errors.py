@@ -189,3 +189,17 @@ def test_a_second_run_into_a_folder_in_use_is_refused_on_every_command(places, c
 
     with folder_lock(places["out"]):
         pass
+
+
+@pytest.mark.parametrize("name", ["predict", "export", "explain", "corruptions", "adversarial", "folder"])
+def test_help_gives_required_flags_no_default(name, capsys):
+    """A required flag (--output, --output-dir, --data, folder's --data-dir) has no default to show."""
+    import importlib
+
+    module = importlib.import_module(f"keras_transfer.experiments.{name}")
+    parser = module.COMMAND.build_parser() if name == "folder" else module.build_parser()
+    required = [action for action in parser._actions if action.required]
+    assert required
+    for action in required:
+        entry = parser._get_formatter()._format_action(action)
+        assert "(default:" not in entry, entry

@@ -399,3 +399,15 @@ def test_imagenet_mobilenet_on_real_photos_loses_its_predictions_under_noise(sha
     assert result.clean_accuracy == 1.0
     for name in ("gaussian_noise", "contrast"):
         assert result.accuracy[name][5] < 1.0 and result.accuracy[name][5] <= result.accuracy[name][1], result
+
+
+def test_cli_a_model_that_is_not_a_classifier_is_named_as_such(saved_run, tmp_path, capsys):
+    """A saved model without one (batch, num_classes) output: said so, not 'class names no class of the model'."""
+    x = keras.Input((32, 32, 3))
+    keras.Model(x, keras.layers.Conv2D(4, 3)(x)).save(tmp_path / "feature_map.keras")
+    argv = ["--model", str(tmp_path / "feature_map.keras"), "--data", str(saved_run / "tree"), "--split", "all",
+            "--corruptions", "contrast", "--severities", "1", "--output-dir", str(tmp_path / "out")]
+    code, _, err = _run(argv, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "Expected a classifier with one output of shape (batch, num_classes)" in lines[0], lines[0]

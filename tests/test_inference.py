@@ -259,3 +259,19 @@ def test_predict_on_a_model_ending_in_softmax_gives_its_probabilities(photo_fold
     np.testing.assert_allclose(predictions.probabilities, expected, atol=1e-5)
     # The logits are the model's pre-softmax values, the same as the model without its softmax.
     np.testing.assert_allclose(predictions.logits, model.predict(loaded.images, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("taken", ["p.csv", "p.json"])
+def test_predict_command_output_that_is_a_folder_is_named_before_predicting(tmp_path, photo_folder, tiny_run,
+                                                                          capsys, monkeypatch, taken):
+    """`--output p.csv` where p.csv (or the p.json beside it) is a folder: one line naming it, nothing computed."""
+    from keras_transfer.experiments import predict
+
+    (tmp_path / taken).mkdir()
+    monkeypatch.setattr(predict, "_predict", lambda *a, **k: pytest.fail("predicted before checking --output"))
+    status = predict.main(["--model", tiny_run, "--images", photo_folder, "--output", str(tmp_path / "p.csv"),
+                           "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(err.splitlines()) == 1 and str(tmp_path / taken) in err, err
+    assert ".tmp" not in err

@@ -125,6 +125,11 @@ def load_classifier(model_path: str | None, backbone: str | None, alpha: float |
             alpha = DEFAULT_MOBILENET_ALPHA
         model = kt.build_imagenet_classifier(backbone, alpha=alpha)
         description = f"{backbone} (alpha={alpha}) ImageNet classifier"
+    outputs = model.outputs
+    if len(outputs) != 1 or len(outputs[0].shape) != 2 or outputs[0].shape[-1] is None or outputs[0].shape[-1] < 2:
+        from keras_transfer import models as models_lib
+
+        models_lib.as_logits_model(model)  # raises: not a classifier, naming its outputs
     # classes.json beside a saved model, else the ImageNet names of a 1000-class one.
     num_classes = int(model.outputs[0].shape[-1])
     return model, classes_lib.class_names_for_model(model_path, num_classes), description

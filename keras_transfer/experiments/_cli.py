@@ -72,8 +72,9 @@ def add_flags(
         target = groups.get(spec.group, parser) if spec.group else parser
         default = defaults.get(field.name, _default(field))
         kwargs: dict[str, Any] = {"dest": field.name, "help": spec.help}
-        if field.name in required:
+        if field.name in required:  # no default to show in --help ("(default: None)" would mislead)
             kwargs["required"] = True
+            kwargs["default"] = argparse.SUPPRESS
         else:
             kwargs["default"] = default
         if _is_flag(spec.kind):  # an Optional(Flag()) stays None (its config's default) unless given
@@ -110,7 +111,7 @@ def add_repeated_flag(
         if spec.group not in groups:
             groups[spec.group] = parser.add_argument_group(spec.group)
         target = groups[spec.group]
-    kwargs = {"required": True} if required else {"default": []}
+    kwargs = {"required": True, "default": argparse.SUPPRESS} if required else {"default": []}
     target.add_argument(
         flag, dest=field_name, action="append", metavar=metavar, help=spec.help,
         type=settings_lib.argparse_type(spec.kind.item, flag), **kwargs,

@@ -375,6 +375,11 @@ def _load_second_model(config: AdversarialConfig, target: int | None, names: Seq
 
     spec = config.transfer_to
     is_file = spec.endswith(".keras") or os.path.isfile(spec)
+    if is_file and config.transfer_alpha is not None:
+        raise ValueError(
+            f"transfer_alpha applies to a --transfer-to backbone, not to a saved model. "
+            f"Received: transfer_alpha={config.transfer_alpha!r}, transfer_to={spec!r}"
+        )
     model, second_names, description = load_classifier(spec if is_file else None, spec, config.transfer_alpha)
     t = None
     if config.transfer_target_class is not None:
@@ -399,6 +404,7 @@ class _RobustJob:
     labels: np.ndarray
     class_names: list[str]
     mapping: np.ndarray
+    report: object = None  # keras_transfer.data.DataReport: the undecodable files skipped
 
 
 def _prepare_robust(config: AdversarialConfig, model, names: Sequence[str]) -> _RobustJob:
@@ -431,7 +437,7 @@ def _prepare_robust(config: AdversarialConfig, model, names: Sequence[str]) -> _
     images = np.stack(images)
     for eps in config.epsilons:
         adv.check_radius("epsilons", eps, config.norm, images.shape[1:])
-    return _RobustJob(images, np.asarray(labels, np.int32), list(data.class_names), mapping)
+    return _RobustJob(images, np.asarray(labels, np.int32), list(data.class_names), mapping, data.report)
 
 
 # --------------------------------------------------------------------------
@@ -670,6 +676,8 @@ def _robust_accuracy(config: AdversarialConfig, job: _RobustJob, model, names: S
         "data": os.path.abspath(config.robust_data),
         "split": config.robust_split,
         "class_mapping": {name: names[k] for name, k in zip(job.class_names, job.mapping)},
+        "num_skipped": job.report.skipped,
+        "skipped_files": list(job.report.skipped_files),
         **curve.to_dict(),
     }
 

@@ -134,6 +134,9 @@ def run(config: PredictConfig) -> dict:
     top_k = inference.check_top_k(config.top_k, len(names), default=DEFAULT_TOP_K)  # before reading images
     resize = config.resize or (inference.resize_of_run(config.model) if config.model else None) or "stretch"
     files.check_writable_dir(os.path.dirname(os.path.abspath(config.output)))
+    for path in (config.output, config.summary_path):
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path!r} is a folder; expected --output to name a .csv file to write.")
     predictions = _predict(config, model, names, resize, top_k)
     found = len(predictions) + len(predictions.skipped)
     if not len(predictions):
