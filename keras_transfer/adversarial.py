@@ -644,135 +644,155 @@ class _Plan:
         return (self.norm, self.quantize, self.objective, self.direction)
 
 
-def _step_fns(model: keras.Model, plan: _Plan, targeted: bool) -> tuple[Callable, Callable]:
-    """`(run_steps, judge)` of the shared loop for `model` and `plan` (compiled once per model and plan key)."""
+def _attack_loop(model: keras.Model, plan: _Plan, targeted: bool) -> _Loop:
+    """The shared loop for `model` and `plan`, compiled once per model and plan key."""
     logits_model, fns = _entry(model)
     key = ("attack", *plan.key, targeted)
-    if key in fns:
-        return fns[key]
-    ref = weakref.ref(logits_model)
-    norm = _NORMS[plan.norm]
-    image = _image_spec(logits_model)
-    classes = tf.TensorSpec((None,), tf.int32)
+    if key not in fns:
+        fns[key] = _Loop(logits_model, plan, targeted)
+    return fns[key]
 
-    def rounded(x, box, eps, radius):
-        return tf.cast(norm.rounded(x, box, eps, radius), tf.float32) if plan.quantize else x
 
-    # The elementwise work around the network in one fused XLA kernel (compiled
-    # inside a loop that is not): the projected step and the rounding of its
-    # result, which the next step shows the model, read the iterate and the box
-    # once. L2's rounding (histograms in float64) is left to TF.
-    fused = plan.norm == "inf"
+class _Loop:
+    """The compiled loop of one logits model, `_Plan.key` and criterion kind.
 
-    @tf.function(jit_compile=fused)
-    def advance(x, grad, stored_box, eps, radius, step_size):
-        box = [_unstore(part, tf.shape(x)) for part in stored_box]
-        if plan.direction == "rms":
+    `run_steps` runs the attack on a pool of images, refilled from a window
+    of originals; `judge` is a forward pass and its success.
+
+    All the elementwise work of a step is one XLA kernel for L-inf (compiled
+    inside a loop that is not): the projected step, the rounding the next step
+    shows the model, and the images entering the pool in place of those that
+    finished (random start, box, rounding). L2's rounding (histograms in
+    float64) is left to TF.
+    """
+
+    def __init__(self, logits_model: keras.Model, plan: _Plan, targeted: bool):
+        self._model = weakref.ref(logits_model)
+        self._plan, self._norm, self._targeted = plan, _NORMS[plan.norm], targeted
+        self._advance = tf.function(self._advance_pool, jit_compile=plan.norm == "inf")
+        # The whole loop runs in the graph: a step, the bookkeeping of finished
+        # images and the refill of their slots cost no round trip to Python (at
+        # batch 8, those round trips and refill calls took 10-15% of the time).
+        self.run_steps = tf.function(self._run_steps, reduce_retracing=True)
+        image = _image_spec(logits_model)
+        self.judge = tf.function(self._judge, input_signature=[image, tf.TensorSpec((None,), tf.int32)])
+
+    def _rounded(self, x, box, eps, radius):
+        return tf.cast(self._norm.rounded(x, box, eps, radius), tf.float32) if self._plan.quantize else x
+
+    def _moved(self, x, grad, box, eps, radius, step_size):
+        """The projected step from `x` along `grad`, and its rounding."""
+        if self._plan.direction == "rms":
             rms = tf.sqrt(tf.reduce_mean(tf.square(grad), axis=tf.range(1, tf.rank(grad)), keepdims=True))
             move = grad / tf.maximum(rms, _TINY)
         else:
-            move = norm.direction(grad)
-        x = norm.advance(x, step_size * move, box, eps)
-        return (x, rounded(x, box, eps, radius)) if plan.quantize else (x,)
+            move = self._norm.direction(grad)
+        x = self._norm.advance(x, step_size * move, box, eps)
+        return x, self._rounded(x, box, eps, radius)
 
-    def gradient_step(pool: _PoolVariables, eps, radius, step_size):
-        # The model sees (and success is judged on) the rounded image `seen`;
-        # the float iterate x accumulates the steps, so steps smaller than one
-        # grey level still add up.
-        seen, cls = (pool.seen if plan.quantize else pool.x).read_value(), pool.cls.read_value()
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(seen)
-            logits = tf.cast(ref()(seen, training=False), tf.float32)
-            # Images are independent (inference mode), so the gradient of the
-            # sum is each image's own gradient.
-            total = tf.reduce_sum(_objective(logits, cls, kind=plan.objective, targeted=targeted))
-        grad = tape.gradient(total, seen)
-        moved = advance(pool.x.read_value(), grad, [b.read_value() for b in pool.box], eps, radius, step_size)
-        return seen, logits, _success(logits, cls, targeted), moved[0], moved[-1]
+    def _advance_pool(self, pool: _Pool, grad, entering, originals, seeds, image_shape, eps, radius, step_size,
+                      random_start) -> _Pool:
+        """The pool after a step along `grad`, slot s holding image `entering[s]` of `originals` instead where >= 0.
 
-    def record(pool: _PoolVariables, results: _Results, seen, logits, ok, x, next_seen, limits: _Limits):
+        `originals` (see `_store`) and their `seeds` are the images entering,
+        a power-of-two number of rows (see `_refill`).
+        """
+        norm = self._norm
+        box = [_unstore(part, tf.shape(pool.x)) for part in pool.box]
+        x, seen = self._moved(pool.x, grad, box, eps, radius, step_size)
+        originals = tf.cast(_unstore(originals, image_shape), tf.float32)
+        start_box = norm.box(originals, eps, radius, quantize=self._plan.quantize)
+        noise = norm.random_points(tf.shape(originals), seeds, eps) if random_start else tf.zeros_like(originals)
+        start = tf.clip_by_value(originals + noise, PIXEL_MIN, PIXEL_MAX)
+
+        def enter(old, new):  # each slot's row of `new` where an image enters, else `old`
+            rows = tf.gather(new, tf.maximum(entering, 0))
+            return tf.where(tf.reshape(entering >= 0, [-1] + [1] * (len(old.shape) - 1)), rows, old)
+
+        return pool._replace(
+            x=enter(x, start),
+            seen=enter(seen, self._rounded(start, start_box, eps, radius)),
+            box=[enter(old, _store(new)) for old, new in zip(pool.box, start_box)],
+        )
+
+    def _record(self, pool: _Pool, results: _Results, grad, logits, limits: _Limits) -> _Pool:
         """Writes the images that succeeded or used every step into `results`; frees their slots."""
-        spent = pool.spent.read_value() + 1
-        ok &= limits.early_stop
+        quantize = self._plan.quantize
+        ok = _success(logits, pool.cls, self._targeted) & limits.early_stop
+        spent = pool.spent + 1
         out_of_budget = ~ok & (spent >= limits.steps)
-        slot_image = pool.image.read_value()
         won, last, done = tf.where(ok)[:, 0], tf.where(out_of_budget)[:, 0], tf.where(ok | out_of_budget)
-        won_images = tf.gather(slot_image, won)[:, None]
-        results.seen.scatter_nd_update(won_images, _as_result(tf.gather(seen, won), plan.quantize))
+        won_images = tf.gather(pool.image, won)[:, None]
+        results.seen.scatter_nd_update(won_images, _as_result(tf.gather(pool.seen, won), quantize))
         results.logits.scatter_nd_update(won_images, tf.gather(logits, won))
         results.success.scatter_nd_update(won_images, tf.ones_like(won, tf.bool))
-        # An image out of steps is judged on its last iterate, rounded: the
-        # forward pass of that look is batched after the loop (`_judge_pending`).
-        last_images = tf.gather(slot_image, last)[:, None]
-        results.seen.scatter_nd_update(last_images, _as_result(tf.gather(next_seen, last), plan.quantize))
+        # An image out of steps is judged on its last iterate, rounded (its step
+        # taken here, outside the kernel that puts the next image in its slot);
+        # the forward pass of that look is batched after the loop (`_judge_pending`).
+        last_box = [_unstore(tf.gather(part, last), tf.shape(pool.x)) for part in pool.box]
+        _, last_seen = self._moved(tf.gather(pool.x, last), tf.gather(grad, last), last_box, limits.eps,
+                                   limits.radius, limits.step_size)
+        last_images = tf.gather(pool.image, last)[:, None]
+        results.seen.scatter_nd_update(last_images, _as_result(last_seen, quantize))
         results.pending.scatter_nd_update(last_images, tf.ones_like(last, tf.bool))
-        results.spent.scatter_nd_update(tf.gather_nd(slot_image, done)[:, None], tf.gather_nd(spent, done))
-        pool.x.assign(x)
-        if plan.quantize:
-            pool.seen.assign(next_seen)
-        pool.spent.assign(spent)
-        pool.image.scatter_nd_update(done, tf.fill(tf.shape(done)[:1], -1))
+        results.spent.scatter_nd_update(tf.gather_nd(pool.image, done)[:, None], tf.gather_nd(spent, done))
+        image = tf.tensor_scatter_nd_update(pool.image, done, tf.fill(tf.shape(done)[:1], -1))
+        return pool._replace(image=image, spent=spent)
 
-    # What an image entering the pool starts from, for several images at once:
-    # one XLA kernel for L-inf (unpacking, random start, box, rounding), run at
-    # the pool's fixed size so that it compiles once.
-    @tf.function(jit_compile=fused)
-    def starts(originals, seeds, image_shape, eps, radius, random_start):
-        originals = tf.cast(_unstore(originals, image_shape), tf.float32)
-        box = norm.box(originals, eps, radius, quantize=plan.quantize)
-        if random_start:
-            x = tf.clip_by_value(originals + norm.random_points(tf.shape(originals), seeds, eps), PIXEL_MIN, PIXEL_MAX)
-        else:
-            x = originals
-        return x, rounded(x, box, eps, radius), [_store(part) for part in box]
-
-    def refill(pool: _PoolVariables, window: _Window, cursor: tf.Variable, limits: _Limits):
-        """Fills free slots with the window's next images, in order; with none left, drops the free slots."""
-        free = tf.cast(tf.where(pool.image.read_value() < 0), tf.int32)
+    def _refill(self, pool: _Pool, grad, window: _Window, cursor: tf.Variable, limits: _Limits) -> _Pool:
+        """The pool after a step along `grad` (zero: none), free slots filled with the window's next images in
+        order; with none left, without its free slots."""
+        free = tf.cast(tf.where(pool.image < 0)[:, 0], tf.int32)
         start = cursor.read_value()
-        take = tf.minimum(tf.shape(free)[0], tf.shape(window.classes)[0] - start)
-        if take > 0:
-            slots, new = free[:take], tf.range(start, start + take)
-            # Fused: a row for every slot (the last new image repeated), the first `take` used.
-            rows = tf.minimum(tf.range(start, start + tf.size(pool.image)), start + take - 1) if fused else new
-            x, seen, box = starts(tf.gather(window.x0, rows), tf.gather(window.seeds, rows), window.image_shape,
-                                  limits.eps, limits.radius, limits.random_start)
-            pool.x.scatter_nd_update(slots, x[:take])
-            if plan.quantize:
-                pool.seen.scatter_nd_update(slots, seen[:take])
-            for variable, part in zip(pool.box, box):
-                variable.scatter_nd_update(slots, part[:take])
-            pool.cls.scatter_nd_update(slots, tf.gather(window.classes, new))
-            pool.image.scatter_nd_update(slots, new + window.offset)
-            pool.spent.scatter_nd_update(slots, tf.zeros_like(new))
-            cursor.assign(start + take)
-        if window.last and take < tf.shape(free)[0]:
+        take = tf.minimum(tf.size(free), tf.shape(window.classes)[0] - start)
+        # The entering images as a power of two of rows (the last one repeated), so
+        # that the kernel compiles for a few sizes only.
+        rows = tf.minimum(tf.range(start, start + _power_of_two_at_least(tf.maximum(take, 1))),
+                          tf.maximum(start + take - 1, 0))
+        slots = free[:take, None]
+        entering = tf.tensor_scatter_nd_update(tf.fill(tf.shape(pool.image), -1), slots, tf.range(take))
+        pool = self._advance(pool, grad, entering, tf.gather(window.x0, rows), tf.gather(window.seeds, rows),
+                             window.image_shape, limits.eps, limits.radius, limits.step_size, limits.random_start)
+        new = tf.range(start, start + take)
+        pool = pool._replace(
+            cls=tf.tensor_scatter_nd_update(pool.cls, slots, tf.gather(window.classes, new)),
+            image=tf.tensor_scatter_nd_update(pool.image, slots, new + window.offset),
+            spent=tf.tensor_scatter_nd_update(pool.spent, slots, tf.zeros_like(new)),
+        )
+        cursor.assign(start + take)
+        if window.last and take < tf.size(free):
             # No image left to start: the pool shrinks to the images still running.
-            keep = tf.where(pool.image.read_value() >= 0)[:, 0]
-            for variable in tf.nest.flatten(pool):
-                if variable is not None:
-                    variable.assign(tf.gather(variable, keep))
+            keep = tf.where(pool.image >= 0)[:, 0]
+            pool = tf.nest.map_structure(lambda part: tf.gather(part, keep), pool)
+        return pool
 
-    # The whole loop runs in the graph: a step, the bookkeeping of finished
-    # images and the refill of their slots cost no round trip to Python (at
-    # batch 8, those round trips and refill calls took 10-15% of the time).
-    @tf.function(reduce_retracing=True)
-    def run_steps(pool: _PoolVariables, results: _Results, window: _Window, cursor, limits: _Limits, max_steps):
-        refill(pool, window, cursor, limits)
+    def _run_steps(self, variables: _PoolVariables, results: _Results, window: _Window, cursor, limits: _Limits,
+                   max_steps):
+        # The pool is the loop's state, in tensors: TF's sparse updates of a
+        # variable make every later read and write of it a copy.
+        pool = _Pool.read(variables)
+        pool = self._refill(pool, tf.zeros_like(pool.x), window, cursor, limits)
         taken = tf.constant(0)
         while taken < max_steps and tf.size(pool.image) > 0 and tf.reduce_all(pool.image >= 0):
             taken += 1
-            record(pool, results, *gradient_step(pool, limits.eps, limits.radius, limits.step_size), limits)
-            refill(pool, window, cursor, limits)
+            # The model sees (and success is judged on) the rounded image
+            # `seen`; the float iterate x accumulates the steps, so steps
+            # smaller than one grey level still add up.
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(pool.seen)
+                logits = tf.cast(self._model()(pool.seen, training=False), tf.float32)
+                # Images are independent (inference mode), so the gradient of
+                # the sum is each image's own gradient.
+                objective = _objective(logits, pool.cls, kind=self._plan.objective, targeted=self._targeted)
+                total = tf.reduce_sum(objective)
+            grad = tape.gradient(total, pool.seen)
+            pool = self._refill(self._record(pool, results, grad, logits, limits), grad, window, cursor, limits)
+        pool.write(variables)
         return taken
 
-    @tf.function(input_signature=[image, classes])
-    def judge(seen, cls):
-        logits = tf.cast(ref()(seen, training=False), tf.float32)
-        return logits, _success(logits, cls, targeted)
-
-    fns[key] = (run_steps, judge)
-    return fns[key]
+    def _judge(self, seen, cls):
+        logits = tf.cast(self._model()(seen, training=False), tf.float32)
+        return logits, _success(logits, cls, self._targeted)
 
 
 # --------------------------------------------------------------------------
@@ -1042,15 +1062,37 @@ class _Outcome:
         )
 
 
-class _PoolVariables(NamedTuple):
-    """The images being attacked, one per slot, in variables the compiled loop updates in place.
+class _Pool(NamedTuple):
+    """The images being attacked, one per slot: the compiled loop's state.
 
     `x` is each image's float iterate and `seen` its rounding (what the model
-    sees; `None` without rounding, where it is `x`); `box` holds the per-image
-    constants of the norm's step (see `_Norm.box`, kept by `_store`); `image`
-    the index of the image in the attacked set (-1: free) and `spent` its
-    gradient steps.
+    sees; `x` itself without rounding); `box` holds the per-image constants
+    of the norm's step (see `_Norm.box`, kept by `_store`); `image` the index
+    of the image in the attacked set (-1: free) and `spent` its gradient steps.
     """
+
+    x: tf.Tensor
+    seen: tf.Tensor
+    box: list[tf.Tensor]
+    cls: tf.Tensor
+    image: tf.Tensor
+    spent: tf.Tensor
+
+    @classmethod
+    def read(cls, variables: _PoolVariables) -> _Pool:
+        x = variables.x.read_value()
+        return cls(x=x, seen=x if variables.seen is None else variables.seen.read_value(),
+                   box=[part.read_value() for part in variables.box], cls=variables.cls.read_value(),
+                   image=variables.image.read_value(), spent=variables.spent.read_value())
+
+    def write(self, variables: _PoolVariables) -> None:
+        for variable, value in zip(tf.nest.flatten(variables), tf.nest.flatten(self)):
+            if variable is not None:
+                variable.assign(value)
+
+
+class _PoolVariables(NamedTuple):
+    """A `_Pool` between calls of the compiled loop (`seen` is `None` without rounding)."""
 
     x: tf.Variable
     seen: tf.Variable | None
@@ -1106,6 +1148,12 @@ class _Limits(NamedTuple):
             early_stop=tf.constant(plan.early_stop),
             random_start=tf.constant(plan.random_start),
         )
+
+
+def _power_of_two_at_least(n: tf.Tensor) -> tf.Tensor:
+    """The smallest power of two >= `n` (int32, 1 <= n <= 2**30)."""
+    bits = tf.reduce_sum(tf.cast(tf.bitwise.right_shift(n - 1, tf.range(31)) > 0, tf.int32))
+    return tf.bitwise.left_shift(1, bits)
 
 
 def _variable(value) -> tf.Variable:
@@ -1207,7 +1255,7 @@ def _run(
     Returns `(adversarial, logits, success, gradient_steps)`. `ids` name the
     images in the seeds of their random starts (see `_start_seeds`).
     """
-    run_steps, judge = _step_fns(model, plan, targeted)
+    loop = _attack_loop(model, plan, targeted)
     n, num_classes = len(x0), int(_logits_model(model).outputs[0].shape[-1])
     if n == 0:
         return dataclasses.astuple(_Outcome.empty(x0, num_classes, quantize=plan.quantize))
@@ -1231,7 +1279,7 @@ def _run(
         )
         cursor.assign(0)
         while True:
-            run_steps(pool, results, window, cursor, limits, max_steps)
+            loop.run_steps(pool, results, window, cursor, limits, max_steps)
             running = pool.image.numpy()
             if progbar is not None:
                 progbar.update(start + int(cursor.numpy()) - int(np.sum(running >= 0)))
@@ -1239,7 +1287,7 @@ def _run(
             # progress bar is due.
             if running.size == 0 or np.any(running < 0):
                 break
-    return _judge_pending(judge, results, classes, x0.shape[1:], batch_size)
+    return _judge_pending(loop.judge, results, classes, x0.shape[1:], batch_size)
 
 
 def _judge_pending(judge, results: _Results, classes: np.ndarray, image_shape: tuple[int, ...], batch_size: int):
