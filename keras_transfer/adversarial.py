@@ -751,8 +751,10 @@ class _Loop:
                           tf.maximum(start + take - 1, 0))
         slots = free[:take, None]
         entering = tf.tensor_scatter_nd_update(tf.fill(tf.shape(pool.image), -1), slots, tf.range(take))
+        # (No random draw when no image enters: an L2 start costs a normal draw per pixel.)
         pool = self._advance(pool, grad, entering, tf.gather(window.x0, rows), tf.gather(window.seeds, rows),
-                             window.image_shape, limits.eps, limits.radius, limits.step_size, limits.random_start)
+                             window.image_shape, limits.eps, limits.radius, limits.step_size,
+                             limits.random_start & (take > 0))
         new = tf.range(start, start + take)
         pool = pool._replace(
             cls=tf.tensor_scatter_nd_update(pool.cls, slots, tf.gather(window.classes, new)),
