@@ -157,6 +157,16 @@ def _exchange(a: str, b: str) -> bool:
 _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
 
 
+def remove_outputs(folder: str | os.PathLike, names) -> None:
+    """Removes the files and folders `names` (an earlier run's outputs, and only those) from `folder`."""
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+
 def is_temporary(name: str) -> bool:
     """Whether a file name is one of `atomic_path`'s temporary names (left by a killed write)."""
     return bool(_TEMPORARY.match(name))

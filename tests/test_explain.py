@@ -9,6 +9,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_transfer as kt
 from keras_transfer import explain as ex
@@ -367,6 +368,20 @@ def test_cli_writes_overlays_panel_and_result(saved_model, tmp_path):
     assert set(aucs) == {"gradcam", "occlusion", "random", "random_blocks"}
     assert 0 <= aucs["gradcam"]["deletion_auc"] <= 1 and 0 <= aucs["random"]["insertion_auc"] <= 1
     assert set(result["faithfulness"]["patch_1"]["auc"]["occlusion"]) >= {"deletion_auc", "insertion_auc"}
+
+
+def test_cli_run_again_in_the_same_folder_shows_only_the_new_overlays_in_tensorboard(saved_model, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, image in enumerate(photos(2, seed=11)):
+        files.write_png(folder / f"p{i}.png", image.astype(np.uint8))
+    out = tmp_path / "out"
+    base = ["--model", saved_model, "--images", str(folder), "--no-measure", "--no-progress", "--output-dir", str(out)]
+    assert explain_cli.main(base + ["--method", "gradcam"]) == 0
+    assert explain_cli.main(base + ["--method", "gradients"]) == 0
+    tags = {v.tag for e in glob.glob(str(out / "logs" / "events.*"))
+            for ev in tf.compat.v1.train.summary_iterator(e) for v in ev.summary.value}
+    assert tags and all(tag.startswith("gradients/") for tag in tags), tags  # no gradcam image of the first run
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -178,12 +177,7 @@ _EPILOG = (
 
 def clear_outputs(output_dir: str) -> None:
     """Removes the files a run writes (and only those) from `output_dir`."""
-    for name in RUN_OUTPUTS:
-        path = os.path.join(output_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
+    files.remove_outputs(output_dir, RUN_OUTPUTS)
 
 
 def check_before_data(config: ExperimentConfig) -> None:

@@ -176,6 +176,8 @@ def run(config: ExplainCommandConfig) -> dict:
 
     with run_folder.folder_lock(config.output_dir, command=config.command or PROG):
         job, explainer = _prepare(config)
+        # An earlier run's TensorBoard images in this folder would show beside this one's, at the same step.
+        files.remove_outputs(config.output_dir, ["logs"])
         explanations = {}
         for method in config.effective_methods:
             explanations[method] = explainer(job.images, method=method, classes=job.target)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -101,9 +100,8 @@ def run(config: IdealClassConfig) -> dict:
         model, names, model_description = load_classifier(config.model, config.backbone, config.alpha)
         vis.resolve_targets(list(config.classes), names)  # fail on a bad class before optimizing anything
         # TensorBoard would show an earlier run's logs in this folder mixed with this one's, at the same steps.
+        files.remove_outputs(config.output_dir, ["logs"])
         log_dir = os.path.join(config.output_dir, "logs")
-        if os.path.isdir(log_dir):
-            shutil.rmtree(log_dir)
         start = time.perf_counter()
         result = vis.visualize_classes(
             model,
