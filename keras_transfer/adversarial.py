@@ -54,7 +54,7 @@ model that ends in a softmax is attacked through
 `keras_transfer.models.as_logits_model`.
 
 Speed. The loop runs in the graph: a `tf.while_loop` over steps (rounding,
-forward, gradient, step, projection) on a batch held in TensorFlow variables
+forward, gradient, step, projection) on a batch that is the loop's state
 stops each image as soon as it succeeds (`early_stop=True`), writes its
 result and refills its slot with the next image, so batches stay full, no
 work is spent on images that are already adversarial, and nothing returns to
@@ -644,6 +644,11 @@ class _Plan:
         return (self.norm, self.quantize, self.objective, self.direction)
 
 
+def _seen(plan: _Plan, x: tf.Tensor, box: Sequence[tf.Tensor], eps: tf.Tensor, radius: tf.Tensor) -> tf.Tensor:
+    """What the model is shown of the iterate `x`: its rounding (see `_Norm.rounded`) as float32, or `x`."""
+    return tf.cast(_NORMS[plan.norm].rounded(x, box, eps, radius), tf.float32) if plan.quantize else x
+
+
 def _attack_loop(model: keras.Model, plan: _Plan, targeted: bool) -> _Loop:
     """The shared loop for `model` and `plan`, compiled once per model and plan key."""
     logits_model, fns = _entry(model)
@@ -677,9 +682,6 @@ class _Loop:
         image = _image_spec(logits_model)
         self.judge = tf.function(self._judge, input_signature=[image, tf.TensorSpec((None,), tf.int32)])
 
-    def _rounded(self, x, box, eps, radius):
-        return tf.cast(self._norm.rounded(x, box, eps, radius), tf.float32) if self._plan.quantize else x
-
     def _moved(self, x, grad, box, eps, radius, step_size):
         """The projected step from `x` along `grad`, and its rounding."""
         if self._plan.direction == "rms":
@@ -688,7 +690,7 @@ class _Loop:
         else:
             move = self._norm.direction(grad)
         x = self._norm.advance(x, step_size * move, box, eps)
-        return x, self._rounded(x, box, eps, radius)
+        return x, _seen(self._plan, x, box, eps, radius)
 
     def _advance_pool(self, pool: _Pool, grad, entering, originals, seeds, image_shape, eps, radius, step_size,
                       random_start) -> _Pool:
@@ -702,8 +704,9 @@ class _Loop:
         x, seen = self._moved(pool.x, grad, box, eps, radius, step_size)
         originals = tf.cast(_unstore(originals, image_shape), tf.float32)
         start_box = norm.box(originals, eps, radius, quantize=self._plan.quantize)
-        noise = norm.random_points(tf.shape(originals), seeds, eps) if random_start else tf.zeros_like(originals)
-        start = tf.clip_by_value(originals + noise, PIXEL_MIN, PIXEL_MAX)
+        # (Its Python body, traced into this kernel with the rest of the step.)
+        start = (_random_starts.python_function(originals, seeds, eps, norm=self._plan.norm) if random_start
+                 else originals)
 
         def enter(old, new):  # each slot's row of `new` where an image enters, else `old`
             rows = tf.gather(new, tf.maximum(entering, 0))
@@ -711,7 +714,7 @@ class _Loop:
 
         return pool._replace(
             x=enter(x, start),
-            seen=enter(seen, self._rounded(start, start_box, eps, radius)),
+            seen=enter(seen, _seen(self._plan, start, start_box, eps, radius)),
             box=[enter(old, _store(new)) for old, new in zip(pool.box, start_box)],
         )
 
@@ -1159,7 +1162,7 @@ def _power_of_two_at_least(n: tf.Tensor) -> tf.Tensor:
 
 
 def _variable(value) -> tf.Variable:
-    # Any number of rows: a new pool or set size is not a new trace of the loop.
+    # Any number of rows: the pool shrinks once no image is left to start.
     value = tf.convert_to_tensor(value)
     return tf.Variable(value, shape=[None, *value.shape[1:]], trainable=False)
 
@@ -1609,9 +1612,6 @@ def _apgd_fns(model: keras.Model, plan: _Plan, targeted: bool) -> tuple[Callable
     one = tf.zeros([1, 1, 1, 1])
     box = tuple(tf.TensorSpec(image.shape, part.dtype) for part in norm.box(one, one, one, quantize=plan.quantize))
 
-    def rounded(x, box, eps, radius):
-        return tf.cast(norm.rounded(x, box, eps, radius), tf.float32) if plan.quantize else x
-
     def forward(seen):
         return tf.cast(ref()(seen, training=False), tf.float32)
 
@@ -1621,7 +1621,7 @@ def _apgd_fns(model: keras.Model, plan: _Plan, targeted: bool) -> tuple[Callable
         x, previous, best_x, best_grad, best_loss, best_logits, last_loss, size, increases, at_check, reduced = state
         # As in the PGD loop: the model sees the rounded image, and its
         # gradient there drives the float iterate.
-        seen = rounded(x, box, eps, radius)
+        seen = _seen(plan, x, box, eps, radius)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(seen)
             logits = forward(seen)
@@ -1658,13 +1658,13 @@ def _apgd_fns(model: keras.Model, plan: _Plan, targeted: bool) -> tuple[Callable
         # The last iterate gets its look (forward only); the result is it or
         # the best point, an adversarial one first, else the higher loss.
         x, best_x, best_loss, best_logits = state[0], state[2], state[4], state[5]
-        seen = rounded(x, box, eps, radius)
+        seen = _seen(plan, x, box, eps, radius)
         logits = forward(seen)
         ok, best_ok = _success(logits, cls, targeted), _success(best_logits, cls, targeted)
         loss = _objective(logits, cls, kind=plan.objective, targeted=targeted)
         last = (ok & ~best_ok) | (tf.equal(ok, best_ok) & (loss > best_loss))
         return (
-            tf.where(last[:, None, None, None], seen, rounded(best_x, box, eps, radius)),
+            tf.where(last[:, None, None, None], seen, _seen(plan, best_x, box, eps, radius)),
             tf.where(last[:, None], logits, best_logits),
             tf.where(last, ok, best_ok),
         )
